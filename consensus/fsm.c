@@ -1,0 +1,296 @@
+/* fsm: apply commands to the shard store. See fsm.h. */
+#include "fsm.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <raft.h>
+
+struct fsm {
+	struct store *store;
+	fsm_applied_cb cb;
+	void *data;
+	Rmqc__Command *cmd; /* owned: the last decoded command */
+	struct fsm_op_result *ops; /* owned scratch, cap_ops entries */
+	size_t cap_ops;
+	struct store_publish_result *pub; /* owned scratch */
+	size_t cap_pub;
+	struct store_msg_in *in; /* owned scratch */
+	size_t cap_in;
+	struct fsm_result result;
+};
+
+int fsm_init(struct fsm **out, struct store *store, fsm_applied_cb cb,
+	     void *data)
+{
+	struct fsm *f = calloc(1, sizeof *f);
+	if (f == NULL) {
+		return RMQ_ENOMEM;
+	}
+	f->store = store;
+	f->cb = cb;
+	f->data = data;
+	*out = f;
+	return 0;
+}
+
+static void release_cmd(struct fsm *f)
+{
+	if (f->cmd != NULL) {
+		rmqc__command__free_unpacked(f->cmd, NULL);
+		f->cmd = NULL;
+	}
+}
+
+void fsm_close(struct fsm *f)
+{
+	if (f == NULL) {
+		return;
+	}
+	release_cmd(f);
+	free(f->ops);
+	free(f->pub);
+	free(f->in);
+	free(f);
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	if (need <= *cap) {
+		return 0;
+	}
+	size_t n = *cap ? *cap : 16;
+	while (n < need) {
+		n *= 2;
+	}
+	void *q = realloc(*p, n * elem);
+	if (q == NULL) {
+		return RMQ_ENOMEM;
+	}
+	*p = q;
+	*cap = n;
+	return 0;
+}
+
+/* Headers travel inside the stored record as a packed Msg holding only the
+ * headers, so the store can treat them as opaque bytes. */
+static int apply_publish(struct fsm *f, struct store_txn *t,
+			 const Rmqc__PublishOp *op, struct fsm_op_result *res,
+			 size_t *pub_used, uint8_t **hdr_bufs)
+{
+	int rv = grow((void **)&f->in, &f->cap_in, op->n_msgs, sizeof *f->in);
+	if (rv != 0) {
+		return rv;
+	}
+	for (size_t i = 0; i < op->n_msgs; i++) {
+		const Rmqc__Msg *m = op->msgs[i];
+		struct store_msg_in *in = &f->in[i];
+		memset(in, 0, sizeof *in);
+		in->body = m->body.data;
+		in->body_len = m->body.len;
+		in->producer_id = m->producer_id;
+		in->producer_seq = m->producer_seq;
+		if (m->n_headers > 0) {
+			Rmqc__Msg h = RMQC__MSG__INIT;
+			h.n_headers = m->n_headers;
+			h.headers = m->headers;
+			size_t len = rmqc__msg__get_packed_size(&h);
+			uint8_t *b = malloc(len ? len : 1);
+			if (b == NULL) {
+				return RMQ_ENOMEM;
+			}
+			rmqc__msg__pack(&h, b);
+			hdr_bufs[i] = b;
+			in->headers = b;
+			in->headers_len = len;
+		}
+	}
+	res->pub = f->pub + *pub_used;
+	res->n_pub = op->n_msgs;
+	*pub_used += op->n_msgs;
+	rv = store_publish(t, op->queue, f->in, op->n_msgs, res->pub);
+	if (rv == RMQ_ENOTFOUND) {
+		for (size_t i = 0; i < op->n_msgs; i++) {
+			res->pub[i].status = RMQ_ENOTFOUND;
+			res->pub[i].seq = 0;
+			res->pub[i].duplicate = false;
+		}
+		res->status = RMQ_ENOTFOUND;
+		return 0;
+	}
+	return rv;
+}
+
+/* Apply one op. Returns 0 (outcome in @res) or a fatal storage error. */
+static int apply_op(struct fsm *f, struct store_txn *t, const Rmqc__Op *op,
+		    struct fsm_op_result *res, size_t *pub_used)
+{
+	int rv = 0;
+	memset(res, 0, sizeof *res);
+	switch (op->kind_case) {
+	case RMQC__OP__KIND_PUBLISH: {
+		const Rmqc__PublishOp *p = op->publish;
+		uint8_t **hdr = calloc(p->n_msgs ? p->n_msgs : 1, sizeof *hdr);
+		if (hdr == NULL) {
+			return RMQ_ENOMEM;
+		}
+		rv = apply_publish(f, t, p, res, pub_used, hdr);
+		for (size_t i = 0; i < p->n_msgs; i++) {
+			free(hdr[i]);
+		}
+		free(hdr);
+		return rv;
+	}
+	case RMQC__OP__KIND_SETTLE:
+		rv = store_remove(t, op->settle->queue, op->settle->remove,
+				  op->settle->n_remove,
+				  op->settle->delivered_upto);
+		break;
+	case RMQC__OP__KIND_CREATE:
+		rv = store_queue_create(t, op->create->queue,
+					op->create->max_length,
+					op->create->max_message_size,
+					&res->created);
+		break;
+	case RMQC__OP__KIND_DELETE:
+		rv = store_queue_delete(t, op->delete_->queue);
+		break;
+	case RMQC__OP__KIND_NODE: {
+		struct store_node n;
+		memset(&n, 0, sizeof n);
+		n.id = op->node->id;
+		snprintf(n.peer_address, sizeof n.peer_address, "%s",
+			 op->node->peer_address);
+		snprintf(n.client_address, sizeof n.client_address, "%s",
+			 op->node->client_address);
+		snprintf(n.http_address, sizeof n.http_address, "%s",
+			 op->node->http_address);
+		rv = store_node_put(t, &n);
+		break;
+	}
+	case RMQC__OP__KIND_DECLARE:
+		rv = store_placement_declare(
+			t, op->declare->queue, op->declare->max_length,
+			op->declare->max_message_size, op->declare->n_shards,
+			&res->placement, &res->created);
+		break;
+	case RMQC__OP__KIND_UNDECLARE:
+		rv = store_placement_delete(t, op->undeclare->queue);
+		break;
+	default:
+		rv = RMQ_EINVAL; /* unknown op from a newer version */
+		break;
+	}
+	/* Business outcomes stay in the result; storage faults are fatal. */
+	switch (rv) {
+	case 0:
+		return 0;
+	case RMQ_ENOTFOUND:
+	case RMQ_EEXISTS:
+	case RMQ_EINVAL:
+	case RMQ_ETOOLARGE:
+		res->status = rv;
+		return 0;
+	default:
+		return rv;
+	}
+}
+
+static int count_msgs(const Rmqc__Command *cmd, size_t *n)
+{
+	*n = 0;
+	for (size_t i = 0; i < cmd->n_ops; i++) {
+		if (cmd->ops[i]->kind_case == RMQC__OP__KIND_PUBLISH) {
+			*n += cmd->ops[i]->publish->n_msgs;
+		}
+	}
+	return 0;
+}
+
+int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
+	      const struct fsm_result **result)
+{
+	struct store_txn *t;
+	uint64_t applied;
+	size_t n_msgs;
+	size_t pub_used = 0;
+	int rv;
+
+	release_cmd(f);
+	memset(&f->result, 0, sizeof f->result);
+	f->result.index = index;
+
+	f->cmd = rmqc__command__unpack(NULL, len, buf);
+	if (f->cmd == NULL) {
+		/* Only our own leaders write entries: an undecodable entry is
+		 * corruption, not a client error. */
+		return RMQ_ECORRUPT;
+	}
+	f->result.cmd = f->cmd;
+	count_msgs(f->cmd, &n_msgs);
+	rv = grow((void **)&f->ops, &f->cap_ops, f->cmd->n_ops,
+		  sizeof *f->ops);
+	if (rv == 0) {
+		rv = grow((void **)&f->pub, &f->cap_pub, n_msgs,
+			  sizeof *f->pub);
+	}
+	if (rv != 0) {
+		return rv;
+	}
+	f->result.ops = f->ops;
+
+	rv = store_begin(f->store, true, &t);
+	if (rv != 0) {
+		return rv;
+	}
+	rv = store_applied_get(t, &applied);
+	if (rv != 0) {
+		goto err_after_begin;
+	}
+	if (index <= applied) {
+		store_abort(t);
+		f->result.skipped = true;
+		for (size_t i = 0; i < f->cmd->n_ops; i++) {
+			memset(&f->ops[i], 0, sizeof f->ops[i]);
+			f->ops[i].status = RMQ_EUNAVAIL;
+		}
+		*result = &f->result;
+		return 0;
+	}
+	for (size_t i = 0; i < f->cmd->n_ops; i++) {
+		rv = apply_op(f, t, f->cmd->ops[i], &f->ops[i], &pub_used);
+		if (rv != 0) {
+			goto err_after_begin;
+		}
+	}
+	rv = store_applied_set(t, index);
+	if (rv != 0) {
+		goto err_after_begin;
+	}
+	rv = store_commit(t);
+	if (rv != 0) {
+		return rv;
+	}
+	if (f->cb != NULL) {
+		f->cb(f->data, &f->result);
+	}
+	*result = &f->result;
+	return 0;
+
+err_after_begin:
+	store_abort(t);
+	return rv;
+}
+
+int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len)
+{
+	size_t len = rmqc__command__get_packed_size(cmd);
+	void *buf = raft_malloc(len ? len : 1);
+	if (buf == NULL) {
+		return RMQ_ENOMEM;
+	}
+	rmqc__command__pack(cmd, buf);
+	*out = buf;
+	*out_len = len;
+	return 0;
+}

@@ -1,0 +1,59 @@
+/* fsm: the replicated state machine of a shard.
+ *
+ * Applies one Command (command.proto) per raft entry to the shard's store in
+ * a single LMDB write transaction that also records the raft index, so that
+ * re-applying an entry after a restart is a no-op. Business outcomes (no
+ * such queue, queue full, duplicate publish) go into the result; a non-zero
+ * return is reserved for fatal local faults (store I/O failure, map full on
+ * a replica), after which raft stops applying on this node.
+ *
+ * The FSM never reads a clock or a random number: every replica computes
+ * the same state from the same log.
+ *
+ * Threads: loop thread only. */
+#ifndef RMQ_FSM_H
+#define RMQ_FSM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "store.h"
+
+/* Outcome of one Op of the applied Command. */
+struct fsm_op_result {
+	int status;                        /* 0 or RMQ_E* business error */
+	struct store_publish_result *pub;  /* PublishOp: one per message */
+	size_t n_pub;
+	struct store_placement placement;  /* DeclareOp */
+	bool created;                      /* CreateQueueOp, DeclareOp */
+};
+
+/* Result of one applied entry; valid only until the next apply. */
+struct fsm_result {
+	bool skipped; /* index already applied before: nothing changed */
+	uint64_t index;
+	const Rmqc__Command *cmd; /* the decoded command */
+	struct fsm_op_result *ops; /* cmd->n_ops entries */
+};
+
+struct fsm;
+
+/* Called after each entry is applied (on every replica), before raft's
+ * apply callback on the leader. */
+typedef void (*fsm_applied_cb)(void *data, const struct fsm_result *r);
+
+int fsm_init(struct fsm **out, struct store *store, fsm_applied_cb cb,
+	     void *data);
+void fsm_close(struct fsm *f);
+
+/* Apply @len bytes of a Command at raft @index. On 0, *result is valid
+ * until the next call. */
+int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
+	      const struct fsm_result **result);
+
+/* Encode @cmd into a raft_malloc'd buffer (for raft_apply). */
+int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len);
+
+#endif /* RMQ_FSM_H */

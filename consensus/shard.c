@@ -1,0 +1,512 @@
+/* shard: a raft group with its FSM and store. See shard.h.
+ *
+ * The happy path of a proposal: shard_propose() encodes the command and
+ * calls raft_apply(); raft replicates it, a majority fsyncs it, raft calls
+ * our FSM apply on every replica (one LMDB transaction recording the raft
+ * index), then on the leader the apply callback hands the FSM result to the
+ * proposer.
+ *
+ * Failure modes: raft_apply() refuses (not leader, shutting down) → the
+ * error is returned and the callback never fires; leadership is lost
+ * before the entry commits → RMQ_ELEADERLOST (outcome unknown); a storage
+ * fault while applying → raft stops applying on this node (logged). */
+#include "shard.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <raft.h>
+#include <raft/uv.h>
+
+struct shard {
+	uv_loop_t *loop;
+	struct raft raft;
+	struct raft_io io;
+	struct raft_uv_transport transport;
+	struct raft_fsm rfsm;
+	struct fsm *fsm;     /* owned */
+	struct store *store; /* owned */
+	struct shard_config config;
+	char *dir;          /* owned */
+	char *peer_address; /* owned */
+	struct shard_hooks hooks;
+
+	enum shard_role role;
+	uint64_t term;
+	bool barrier_pending;
+	uint64_t barrier_issued; /* term of the barrier in flight */
+	uint64_t barrier_term; /* term whose barrier has been applied */
+	struct raft_barrier barrier;
+	unsigned inflight;
+	bool snapshot_too_large_logged;
+
+	shard_close_cb close_cb;
+	void *close_data;
+};
+
+struct shard_apply {
+	struct raft_apply req;
+	struct shard *shard;
+	shard_apply_cb cb;
+	void *data;
+};
+
+static int err_from_raft(int rv)
+{
+	switch (rv) {
+	case 0:
+		return 0;
+	case RAFT_NOMEM:
+		return RMQ_ENOMEM;
+	case RAFT_NOTLEADER:
+		return RMQ_ENOTLEADER;
+	case RAFT_LEADERSHIPLOST:
+	case RAFT_SHUTDOWN:
+		return RMQ_ELEADERLOST;
+	case RAFT_CANTBOOTSTRAP:
+		return RMQ_EEXISTS;
+	case RAFT_TOOBIG:
+		return RMQ_ETOOLARGE;
+	case RAFT_NOSPACE:
+		return RMQ_EFULL;
+	case RAFT_CORRUPT:
+		return RMQ_ECORRUPT;
+	case RAFT_BUSY:
+		return RMQ_EUNAVAIL;
+	default:
+		return RMQ_EIO;
+	}
+}
+
+static void applied_cb(void *data, const struct fsm_result *r)
+{
+	struct shard *s = data;
+	if (s->hooks.applied != NULL) {
+		s->hooks.applied(s->hooks.data, s, r);
+	}
+}
+
+static int fsm_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
+			void **result)
+{
+	struct shard *s = rfsm->data;
+	const struct fsm_result *r = NULL;
+	/* raft applies entries in order and bumps last_applied after each. */
+	uint64_t index = raft_last_applied(&s->raft) + 1;
+	int rv = fsm_apply(s->fsm, index, buf->base, buf->len, &r);
+	if (rv != 0) {
+		fprintf(stderr,
+			"raftmq: shard %u: FATAL: applying entry %llu failed: "
+			"%s; this replica stops applying\n",
+			s->config.id, (unsigned long long)index,
+			codec_strerror(rv));
+		return RAFT_IOERR;
+	}
+	*result = (void *)r;
+	return 0;
+}
+
+static int fsm_snapshot_cb(struct raft_fsm *rfsm, struct raft_buffer *bufs[],
+			   unsigned *n_bufs)
+{
+	struct shard *s = rfsm->data;
+	uint8_t *data;
+	size_t len;
+	int rv = store_snapshot(s->store, &data, &len,
+				s->config.snapshot_max_bytes);
+	if (rv != 0) {
+		if (rv == RMQ_ETOOLARGE && !s->snapshot_too_large_logged) {
+			fprintf(stderr,
+				"raftmq: shard %u: state exceeds "
+				"snapshot_max_mb, snapshots paused (the raft "
+				"log keeps growing until it shrinks)\n",
+				s->config.id);
+			s->snapshot_too_large_logged = true;
+		}
+		return RAFT_BUSY; /* raft retries at the next threshold */
+	}
+	s->snapshot_too_large_logged = false;
+	*bufs = raft_malloc(sizeof **bufs);
+	if (*bufs == NULL) {
+		free(data);
+		return RAFT_BUSY;
+	}
+	(*bufs)[0].base = data;
+	(*bufs)[0].len = len;
+	*n_bufs = 1;
+	return 0;
+}
+
+static int fsm_snapshot_finalize_cb(struct raft_fsm *rfsm,
+				    struct raft_buffer *bufs[],
+				    unsigned *n_bufs)
+{
+	(void)rfsm;
+	if (*bufs != NULL) {
+		for (unsigned i = 0; i < *n_bufs; i++) {
+			free((*bufs)[i].base);
+		}
+		raft_free(*bufs);
+	}
+	*bufs = NULL;
+	*n_bufs = 0;
+	return 0;
+}
+
+static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
+{
+	struct shard *s = rfsm->data;
+	int rv = store_restore(s->store, buf->base, buf->len);
+	if (rv != 0) {
+		fprintf(stderr, "raftmq: shard %u: restore failed: %s\n",
+			s->config.id, codec_strerror(rv));
+		return RAFT_CORRUPT;
+	}
+	raft_free(buf->base);
+	return 0;
+}
+
+static int make_dir(const char *path)
+{
+	if (mkdir(path, 0750) != 0 && errno != EEXIST) {
+		fprintf(stderr, "raftmq: mkdir %s: %s\n", path,
+			strerror(errno));
+		return RMQ_EIO;
+	}
+	return 0;
+}
+
+int shard_open(uv_loop_t *loop, struct peer_net *net,
+	       const struct shard_config *c, const struct shard_hooks *h,
+	       struct shard **out)
+{
+	char path[4096];
+	struct store_options so;
+	struct shard *s;
+	int rv;
+
+	s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		return RMQ_ENOMEM;
+	}
+	s->loop = loop;
+	s->config = *c;
+	s->hooks = *h;
+	s->dir = strdup(c->dir);
+	s->peer_address = strdup(c->peer_address);
+	if (s->dir == NULL || s->peer_address == NULL) {
+		rv = RMQ_ENOMEM;
+		goto err_after_alloc;
+	}
+	s->config.dir = s->dir;
+	s->config.peer_address = s->peer_address;
+
+	rv = make_dir(s->dir);
+	if (rv != 0) {
+		goto err_after_alloc;
+	}
+	snprintf(path, sizeof path, "%s/lmdb", s->dir);
+	rv = make_dir(path);
+	if (rv != 0) {
+		goto err_after_alloc;
+	}
+	so.map_size = c->map_size;
+	so.nosync = true;
+	rv = store_open(path, &so, &s->store);
+	if (rv != 0) {
+		fprintf(stderr, "raftmq: shard %u: open store %s: %s\n", c->id,
+			path, codec_strerror(rv));
+		goto err_after_alloc;
+	}
+	rv = fsm_init(&s->fsm, s->store, applied_cb, s);
+	if (rv != 0) {
+		goto err_after_store;
+	}
+	s->rfsm.version = 2;
+	s->rfsm.data = s;
+	s->rfsm.apply = fsm_apply_cb;
+	s->rfsm.snapshot = fsm_snapshot_cb;
+	s->rfsm.restore = fsm_restore_cb;
+	s->rfsm.snapshot_finalize = fsm_snapshot_finalize_cb;
+
+	snprintf(path, sizeof path, "%s/raft", s->dir);
+	rv = make_dir(path);
+	if (rv != 0) {
+		goto err_after_fsm;
+	}
+	rv = peer_net_transport_init(net, c->id, &s->transport);
+	if (rv != 0) {
+		goto err_after_fsm;
+	}
+	rv = raft_uv_init(&s->io, loop, path, &s->transport);
+	if (rv != 0) {
+		fprintf(stderr, "raftmq: shard %u: raft_uv_init %s: %s\n",
+			c->id, path, s->io.errmsg);
+		s->transport.close(&s->transport, NULL);
+		rv = err_from_raft(rv);
+		goto err_after_fsm;
+	}
+	rv = raft_init(&s->raft, &s->io, &s->rfsm, c->node_id,
+		       s->peer_address);
+	if (rv != 0) {
+		fprintf(stderr, "raftmq: shard %u: raft_init: %s\n", c->id,
+			raft_errmsg(&s->raft));
+		raft_uv_close(&s->io);
+		rv = err_from_raft(rv);
+		goto err_after_fsm;
+	}
+	s->raft.data = s;
+	raft_set_election_timeout(&s->raft, c->election_timeout_ms);
+	raft_set_heartbeat_timeout(&s->raft, c->heartbeat_timeout_ms);
+	raft_set_snapshot_threshold(&s->raft, c->snapshot_threshold);
+	raft_set_snapshot_trailing(&s->raft, c->snapshot_trailing);
+	*out = s;
+	return 0;
+
+err_after_fsm:
+	fsm_close(s->fsm);
+err_after_store:
+	store_close(s->store);
+err_after_alloc:
+	free(s->dir);
+	free(s->peer_address);
+	free(s);
+	return rv;
+}
+
+int shard_bootstrap(struct shard *s, const uint64_t *ids,
+		    const char *const *addrs, size_t n)
+{
+	struct raft_configuration conf;
+	int rv;
+
+	raft_configuration_init(&conf);
+	for (size_t i = 0; i < n; i++) {
+		rv = raft_configuration_add(&conf, ids[i], addrs[i],
+					    RAFT_VOTER);
+		if (rv != 0) {
+			raft_configuration_close(&conf);
+			return err_from_raft(rv);
+		}
+	}
+	rv = raft_bootstrap(&s->raft, &conf);
+	raft_configuration_close(&conf);
+	return err_from_raft(rv);
+}
+
+int shard_start(struct shard *s)
+{
+	int rv = raft_start(&s->raft);
+	if (rv != 0) {
+		fprintf(stderr, "raftmq: shard %u: raft_start: %s\n",
+			s->config.id, raft_errmsg(&s->raft));
+	}
+	return err_from_raft(rv);
+}
+
+static void shard_raft_closed_cb(struct raft *r)
+{
+	struct shard *s = r->data;
+	raft_uv_close(&s->io);
+	fsm_close(s->fsm);
+	store_close(s->store);
+	shard_close_cb cb = s->close_cb;
+	void *data = s->close_data;
+	free(s->dir);
+	free(s->peer_address);
+	free(s);
+	if (cb != NULL) {
+		cb(NULL, data);
+	}
+}
+
+void shard_close(struct shard *s, shard_close_cb cb, void *data)
+{
+	s->close_cb = cb;
+	s->close_data = data;
+	raft_close(&s->raft, shard_raft_closed_cb);
+}
+
+static void apply_cb(struct raft_apply *req, int status, void *result)
+{
+	struct shard_apply *a = req->data;
+	a->shard->inflight--;
+	a->cb(a->data, err_from_raft(status),
+	      status == 0 ? (const struct fsm_result *)result : NULL);
+	free(a);
+}
+
+int shard_propose(struct shard *s, const Rmqc__Command *cmd,
+		  shard_apply_cb cb, void *data)
+{
+	struct shard_apply *a;
+	struct raft_buffer buf;
+	int rv;
+
+	a = malloc(sizeof *a);
+	if (a == NULL) {
+		rv = RMQ_ENOMEM;
+		goto err;
+	}
+	rv = fsm_encode(cmd, &buf.base, &buf.len);
+	if (rv != 0) {
+		goto err_after_req_alloc;
+	}
+	a->shard = s;
+	a->cb = cb;
+	a->data = data;
+	a->req.data = a;
+	rv = raft_apply(&s->raft, &a->req, &buf, 1, apply_cb);
+	if (rv != 0) {
+		rv = err_from_raft(rv);
+		goto err_after_buf_alloc;
+	}
+	s->inflight++;
+	return 0; /* raft owns buf.base now; @a is freed in apply_cb. */
+
+err_after_buf_alloc:
+	raft_free(buf.base);
+err_after_req_alloc:
+	free(a);
+err:
+	return rv;
+}
+
+static void transfer_cb(struct raft_transfer *req)
+{
+	free(req);
+}
+
+int shard_transfer(struct shard *s, uint64_t node_id)
+{
+	struct raft_transfer *req = calloc(1, sizeof *req);
+	if (req == NULL) {
+		return RMQ_ENOMEM;
+	}
+	int rv = raft_transfer(&s->raft, req, node_id, transfer_cb);
+	if (rv != 0) {
+		free(req);
+		return err_from_raft(rv);
+	}
+	return 0;
+}
+
+static void barrier_cb(struct raft_barrier *req, int status)
+{
+	struct shard *s = req->data;
+	s->barrier_pending = false;
+	if (status == 0) {
+		s->barrier_term = s->barrier_issued;
+		shard_poll(s);
+	}
+}
+
+void shard_poll(struct shard *s)
+{
+	enum shard_role role = SHARD_FOLLOWER;
+	uint64_t term = s->raft.current_term;
+
+	if (raft_state(&s->raft) == RAFT_LEADER) {
+		role = SHARD_LEADER_PENDING;
+		if (s->barrier_term == term) {
+			role = SHARD_LEADER;
+		} else if (!s->barrier_pending) {
+			s->barrier.data = s;
+			if (raft_barrier(&s->raft, &s->barrier, barrier_cb) ==
+			    0) {
+				s->barrier_pending = true;
+				s->barrier_issued = term;
+			}
+		}
+	}
+	if (role != s->role || term != s->term) {
+		s->role = role;
+		s->term = term;
+		if (s->hooks.role != NULL) {
+			s->hooks.role(s->hooks.data, s, role, term);
+		}
+	}
+}
+
+uint32_t shard_id(const struct shard *s)
+{
+	return s->config.id;
+}
+
+struct store *shard_store(struct shard *s)
+{
+	return s->store;
+}
+
+enum shard_role shard_role(const struct shard *s)
+{
+	return s->role;
+}
+
+uint64_t shard_leader_id(struct shard *s)
+{
+	raft_id id = 0;
+	const char *addr = NULL;
+	raft_leader(&s->raft, &id, &addr);
+	return id;
+}
+
+uint64_t shard_term(struct shard *s)
+{
+	return s->raft.current_term;
+}
+
+uint64_t shard_commit_index(struct shard *s)
+{
+	return s->raft.commit_index;
+}
+
+uint64_t shard_applied_index(struct shard *s)
+{
+	return raft_last_applied(&s->raft);
+}
+
+size_t shard_replicas(struct shard *s, uint64_t *ids, size_t max)
+{
+	size_t n = 0;
+	for (unsigned i = 0; i < s->raft.configuration.n && n < max; i++) {
+		if (s->raft.configuration.servers[i].role == RAFT_VOTER) {
+			ids[n++] = s->raft.configuration.servers[i].id;
+		}
+	}
+	return n;
+}
+
+static int progress_index(struct shard *s, uint64_t node_id)
+{
+	if (raft_state(&s->raft) != RAFT_LEADER) {
+		return -1;
+	}
+	for (unsigned i = 0; i < s->raft.configuration.n; i++) {
+		if (s->raft.configuration.servers[i].id == node_id) {
+			return (int)i;
+		}
+	}
+	return -1;
+}
+
+bool shard_peer_recent(struct shard *s, uint64_t node_id)
+{
+	int i = progress_index(s, node_id);
+	return i >= 0 && s->raft.leader_state.progress[i].recent_recv;
+}
+
+bool shard_peer_caught_up(struct shard *s, uint64_t node_id)
+{
+	int i = progress_index(s, node_id);
+	return i >= 0 && s->raft.leader_state.progress[i].match_index >=
+				 raft_last_index(&s->raft);
+}
+
+unsigned shard_inflight(const struct shard *s)
+{
+	return s->inflight;
+}

@@ -1,0 +1,109 @@
+/* shard: one Raft group = one struct raft on raft_uv + its FSM + its store.
+ *
+ * A node opens one shard per group it replicates (shard 0 is the meta
+ * shard, 1..N hold queues). All shards share the node's peer_net.
+ * consensus/ is the only place that includes <raft.h>; callers see RMQ_E*
+ * codes.
+ *
+ * Lifecycle: shard_open() → [shard_bootstrap() on a fresh node] →
+ * shard_start() → shard_propose()... → shard_close(cb).
+ *
+ * Leadership: raft 0.15 has no state-change callback, so the owner calls
+ * shard_poll() regularly (every loop iteration is fine; it is cheap), which
+ * fires role_cb when the role or term changed. A new leader first commits a
+ * barrier; shard_ready() turns true when every entry of earlier terms is
+ * applied, and role_cb fires again then.
+ *
+ * Threads: the loop thread only. */
+#ifndef RMQ_SHARD_H
+#define RMQ_SHARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "fsm.h"
+#include "store.h"
+#include "transport.h"
+
+struct shard;
+
+enum shard_role {
+	SHARD_FOLLOWER = 0, /* also candidate / unavailable */
+	SHARD_LEADER_PENDING, /* leader, barrier not applied yet */
+	SHARD_LEADER, /* leader, state up to date: serve */
+};
+
+struct shard_config {
+	uint32_t id;
+	uint64_t node_id;
+	const char *peer_address;
+	const char *dir; /* holds raft/ and lmdb/; created if missing */
+	unsigned election_timeout_ms;
+	unsigned heartbeat_timeout_ms;
+	unsigned snapshot_threshold;
+	unsigned snapshot_trailing;
+	size_t snapshot_max_bytes;
+	size_t map_size;
+};
+
+struct shard_hooks {
+	void *data;
+	/* Every applied entry, on every replica. */
+	void (*applied)(void *data, struct shard *s,
+			const struct fsm_result *r);
+	/* Role or term changed. */
+	void (*role)(void *data, struct shard *s, enum shard_role role,
+		     uint64_t term);
+};
+
+int shard_open(uv_loop_t *loop, struct peer_net *net,
+	       const struct shard_config *c, const struct shard_hooks *h,
+	       struct shard **out);
+
+/* Bootstrap a fresh shard with members @ids / @addrs (voters). Returns 0,
+ * or RMQ_EEXISTS if the shard already has state (then nothing changes). */
+int shard_bootstrap(struct shard *s, const uint64_t *ids,
+		    const char *const *addrs, size_t n);
+
+int shard_start(struct shard *s);
+
+typedef void (*shard_close_cb)(struct shard *s, void *data);
+/* Close raft, then the store; @s is freed before @cb fires once, with
+ * NULL as its first argument. */
+void shard_close(struct shard *s, shard_close_cb cb, void *data);
+
+/* Propose @cmd (borrowed). On 0, @cb fires exactly once: status 0 with the
+ * FSM result once the entry is applied locally (result valid during the
+ * call only), RMQ_ELEADERLOST (outcome unknown: it may still commit), or
+ * another error (not committed). On error, @cb is never called. */
+typedef void (*shard_apply_cb)(void *data, int status,
+			       const struct fsm_result *r);
+int shard_propose(struct shard *s, const Rmqc__Command *cmd,
+		  shard_apply_cb cb, void *data);
+
+/* Ask raft to hand leadership to @node_id (0: the most up to date). */
+int shard_transfer(struct shard *s, uint64_t node_id);
+
+/* Detect role changes; see above. */
+void shard_poll(struct shard *s);
+
+uint32_t shard_id(const struct shard *s);
+struct store *shard_store(struct shard *s);
+enum shard_role shard_role(const struct shard *s);
+uint64_t shard_leader_id(struct shard *s); /* 0 if unknown */
+uint64_t shard_term(struct shard *s);
+uint64_t shard_commit_index(struct shard *s);
+uint64_t shard_applied_index(struct shard *s);
+/* Voter ids of the current configuration; returns how many (<= max). */
+size_t shard_replicas(struct shard *s, uint64_t *ids, size_t max);
+/* Whether, as leader, we heard from @node_id within an election timeout. */
+bool shard_peer_recent(struct shard *s, uint64_t node_id);
+/* Whether @node_id's log matches ours up to our last index (leader only). */
+bool shard_peer_caught_up(struct shard *s, uint64_t node_id);
+/* Entries proposed and not yet applied (leader side). */
+unsigned shard_inflight(const struct shard *s);
+
+#endif /* RMQ_SHARD_H */

@@ -1,0 +1,309 @@
+/* meta.c: the meta shard's tables: node records ("nodes") and the
+ * queue → data shard placement ("placement").
+ *
+ * store_placement_declare() runs inside the meta shard's replicated state
+ * machine, on every replica: its choice depends only on the transaction's
+ * content (no clock, no randomness), so all replicas agree.
+ *
+ * Threads: the thread that owns the transaction. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_internal.h"
+
+/* ---- Nodes ----------------------------------------------------------- */
+
+#define NODE_ADDR_CAP 64 /* sizeof store_node.*_address */
+#define NODE_REC_MAX (3 * (1 + NODE_ADDR_CAP))
+
+/* Appends one address as u8 length ‖ bytes; RMQ_EINVAL if @s is not
+ * NUL-terminated within its 64 bytes. */
+static int node_field_encode(uint8_t **p, const char *s)
+{
+	size_t n = strnlen(s, NODE_ADDR_CAP);
+
+	if (n == NODE_ADDR_CAP) {
+		return RMQ_EINVAL;
+	}
+	**p = (uint8_t)n;
+	memcpy(*p + 1, s, n);
+	*p += 1 + n;
+	return 0;
+}
+
+int store_node_put(struct store_txn *t, const struct store_node *n)
+{
+	uint8_t kb[STORE_NODE_KEY_LEN];
+	uint8_t vb[NODE_REC_MAX];
+	uint8_t *p = vb;
+	MDB_val k = {sizeof kb, kb};
+	MDB_val v;
+	int rv;
+
+	if (!t->write) {
+		return RMQ_EINVAL;
+	}
+	rv = node_field_encode(&p, n->peer_address);
+	if (rv != 0) {
+		return rv;
+	}
+	rv = node_field_encode(&p, n->client_address);
+	if (rv != 0) {
+		return rv;
+	}
+	rv = node_field_encode(&p, n->http_address);
+	if (rv != 0) {
+		return rv;
+	}
+	store_put_be64(kb, n->id);
+	v.mv_size = (size_t)(p - vb);
+	v.mv_data = vb;
+	return store_err_from_mdb(
+		mdb_put(t->txn, t->s->dbi[STORE_DB_NODES], &k, &v, 0));
+}
+
+int store_node_get(struct store_txn *t, uint64_t id, struct store_node *n)
+{
+	uint8_t kb[STORE_NODE_KEY_LEN];
+	MDB_val k = {sizeof kb, kb};
+	MDB_val v;
+	int rv;
+
+	store_put_be64(kb, id);
+	rv = mdb_get(t->txn, t->s->dbi[STORE_DB_NODES], &k, &v);
+	if (rv != 0) {
+		return store_err_from_mdb(rv);
+	}
+	return store_node_decode(&k, &v, n);
+}
+
+int store_node_foreach(struct store_txn *t, store_node_cb cb, void *arg)
+{
+	struct store_node n;
+	MDB_cursor *c;
+	MDB_val k;
+	MDB_val v;
+	MDB_cursor_op op = MDB_FIRST;
+	int rv;
+
+	rv = mdb_cursor_open(t->txn, t->s->dbi[STORE_DB_NODES], &c);
+	if (rv != 0) {
+		return store_err_from_mdb(rv);
+	}
+	for (;;) {
+		rv = mdb_cursor_get(c, &k, &v, op);
+		op = MDB_NEXT;
+		if (rv == MDB_NOTFOUND) {
+			rv = 0;
+			break;
+		}
+		if (rv != 0) {
+			rv = store_err_from_mdb(rv);
+			break;
+		}
+		rv = store_node_decode(&k, &v, &n);
+		if (rv != 0) {
+			break;
+		}
+		rv = cb(arg, &n);
+		if (rv != 0) {
+			break;
+		}
+	}
+	mdb_cursor_close(c);
+	return rv;
+}
+
+/* ---- Placement ------------------------------------------------------- */
+
+static int placement_read(struct store_txn *t, const char *name, MDB_val *k,
+			  struct store_placement *p)
+{
+	MDB_val v;
+	size_t len;
+	int rv;
+
+	rv = store_name_check(name, &len);
+	if (rv != 0) {
+		return rv;
+	}
+	k->mv_size = len;
+	k->mv_data = (void *)name;
+	rv = mdb_get(t->txn, t->s->dbi[STORE_DB_PLACEMENT], k, &v);
+	if (rv != 0) {
+		return store_err_from_mdb(rv);
+	}
+	return store_placement_decode(&v, p);
+}
+
+/* The shard among 1..@n_shards with the fewest placed queues, lowest id on
+ * ties. Queues placed on shards above @n_shards are not counted. */
+static int least_loaded(struct store_txn *t, uint32_t n_shards, uint32_t *shard)
+{
+	struct store_placement p;
+	uint64_t *counts;
+	MDB_cursor *c;
+	MDB_val k;
+	MDB_val v;
+	MDB_cursor_op op = MDB_FIRST;
+	uint32_t i;
+	int rv;
+
+	counts = calloc(n_shards, sizeof *counts);
+	if (counts == NULL) {
+		rv = RMQ_ENOMEM;
+		goto err;
+	}
+	rv = mdb_cursor_open(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &c);
+	if (rv != 0) {
+		rv = store_err_from_mdb(rv);
+		goto err_after_counts_alloc;
+	}
+	for (;;) {
+		rv = mdb_cursor_get(c, &k, &v, op);
+		op = MDB_NEXT;
+		if (rv == MDB_NOTFOUND) {
+			break;
+		}
+		if (rv != 0) {
+			rv = store_err_from_mdb(rv);
+			goto err_after_cursor_open;
+		}
+		rv = store_placement_decode(&v, &p);
+		if (rv != 0) {
+			goto err_after_cursor_open;
+		}
+		if (p.shard >= 1 && p.shard <= n_shards) {
+			counts[p.shard - 1]++;
+		}
+	}
+	*shard = 1;
+	for (i = 1; i < n_shards; i++) {
+		if (counts[i] < counts[*shard - 1]) {
+			*shard = i + 1;
+		}
+	}
+	rv = 0;
+
+err_after_cursor_open:
+	mdb_cursor_close(c);
+err_after_counts_alloc:
+	free(counts);
+err:
+	return rv;
+}
+
+int store_placement_declare(struct store_txn *t, const char *name,
+			    uint64_t max_length, uint32_t max_message_size,
+			    uint32_t n_shards, struct store_placement *p,
+			    bool *created)
+{
+	struct store_placement cur;
+	uint8_t vb[STORE_PLACEMENT_REC_LEN];
+	MDB_val k;
+	MDB_val v = {sizeof vb, vb};
+	int rv;
+
+	if (!t->write || n_shards == 0) {
+		return RMQ_EINVAL;
+	}
+	rv = placement_read(t, name, &k, &cur);
+	if (rv == 0) {
+		if (cur.max_length != max_length ||
+		    cur.max_message_size != max_message_size) {
+			return RMQ_EEXISTS;
+		}
+		*p = cur;
+		*created = false;
+		return 0;
+	}
+	if (rv != RMQ_ENOTFOUND) {
+		return rv;
+	}
+	rv = least_loaded(t, n_shards, &cur.shard);
+	if (rv != 0) {
+		return rv;
+	}
+	cur.max_length = max_length;
+	cur.max_message_size = max_message_size;
+	store_placement_encode(&cur, vb);
+	rv = mdb_put(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &k, &v, 0);
+	if (rv != 0) {
+		return store_err_from_mdb(rv);
+	}
+	*p = cur;
+	*created = true;
+	return 0;
+}
+
+int store_placement_get(struct store_txn *t, const char *name,
+			struct store_placement *p)
+{
+	MDB_val k;
+
+	return placement_read(t, name, &k, p);
+}
+
+int store_placement_delete(struct store_txn *t, const char *name)
+{
+	MDB_val k;
+	size_t len;
+	int rv;
+
+	if (!t->write) {
+		return RMQ_EINVAL;
+	}
+	rv = store_name_check(name, &len);
+	if (rv != 0) {
+		return rv;
+	}
+	k.mv_size = len;
+	k.mv_data = (void *)name;
+	return store_err_from_mdb(
+		mdb_del(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &k, NULL));
+}
+
+int store_placement_foreach(struct store_txn *t, store_placement_cb cb,
+			    void *arg)
+{
+	char name[STORE_MAX_NAME + 1];
+	struct store_placement p;
+	MDB_cursor *c;
+	MDB_val k;
+	MDB_val v;
+	MDB_cursor_op op = MDB_FIRST;
+	int rv;
+
+	rv = mdb_cursor_open(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &c);
+	if (rv != 0) {
+		return store_err_from_mdb(rv);
+	}
+	for (;;) {
+		rv = mdb_cursor_get(c, &k, &v, op);
+		op = MDB_NEXT;
+		if (rv == MDB_NOTFOUND) {
+			rv = 0;
+			break;
+		}
+		if (rv != 0) {
+			rv = store_err_from_mdb(rv);
+			break;
+		}
+		if (k.mv_size == 0 || k.mv_size > STORE_MAX_NAME) {
+			rv = RMQ_ECORRUPT;
+			break;
+		}
+		rv = store_placement_decode(&v, &p);
+		if (rv != 0) {
+			break;
+		}
+		memcpy(name, k.mv_data, k.mv_size);
+		name[k.mv_size] = '\0';
+		rv = cb(arg, name, &p);
+		if (rv != 0) {
+			break;
+		}
+	}
+	mdb_cursor_close(c);
+	return rv;
+}
