@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+
 #include <raft.h>
 
 struct fsm {
@@ -293,4 +295,103 @@ int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len)
 	*out = buf;
 	*out_len = len;
 	return 0;
+}
+
+/* ---- raft_fsm adapter ---------------------------------------------- */
+
+static int fsm_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
+			void **result)
+{
+	struct fsm_raft *s = rfsm->data;
+	const struct fsm_result *r = NULL;
+	/* raft applies entries in order and bumps last_applied after each. */
+	uint64_t index = raft_last_applied(s->raft) + 1;
+	int rv = fsm_apply(s->fsm, index, buf->base, buf->len, &r);
+	if (rv != 0) {
+		fprintf(stderr,
+			"raftmq: shard %u: FATAL: applying entry %llu failed: "
+			"%s; this replica stops applying\n",
+			s->shard_id, (unsigned long long)index,
+			codec_strerror(rv));
+		return RAFT_IOERR;
+	}
+	*result = (void *)r;
+	return 0;
+}
+
+static int fsm_snapshot_cb(struct raft_fsm *rfsm, struct raft_buffer *bufs[],
+			   unsigned *n_bufs)
+{
+	struct fsm_raft *s = rfsm->data;
+	uint8_t *data;
+	size_t len;
+	int rv = store_snapshot(s->store, &data, &len,
+				s->snapshot_max_bytes);
+	if (rv != 0) {
+		if (rv == RMQ_ETOOLARGE && !s->too_large_logged) {
+			fprintf(stderr,
+				"raftmq: shard %u: state exceeds "
+				"snapshot_max_mb, snapshots paused (the raft "
+				"log keeps growing until it shrinks)\n",
+				s->shard_id);
+			s->too_large_logged = true;
+		}
+		return RAFT_BUSY; /* raft retries at the next threshold */
+	}
+	s->too_large_logged = false;
+	*bufs = raft_malloc(sizeof **bufs);
+	if (*bufs == NULL) {
+		free(data);
+		return RAFT_BUSY;
+	}
+	(*bufs)[0].base = data;
+	(*bufs)[0].len = len;
+	*n_bufs = 1;
+	return 0;
+}
+
+static int fsm_snapshot_finalize_cb(struct raft_fsm *rfsm,
+				    struct raft_buffer *bufs[],
+				    unsigned *n_bufs)
+{
+	(void)rfsm;
+	if (*bufs != NULL) {
+		for (unsigned i = 0; i < *n_bufs; i++) {
+			free((*bufs)[i].base);
+		}
+		raft_free(*bufs);
+	}
+	*bufs = NULL;
+	*n_bufs = 0;
+	return 0;
+}
+
+static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
+{
+	struct fsm_raft *s = rfsm->data;
+	int rv = store_restore(s->store, buf->base, buf->len);
+	if (rv != 0) {
+		fprintf(stderr, "raftmq: shard %u: restore failed: %s\n",
+			s->shard_id, codec_strerror(rv));
+		return RAFT_CORRUPT;
+	}
+	raft_free(buf->base);
+	return 0;
+}
+
+void fsm_raft_init(struct fsm_raft *fr, struct fsm *f, struct store *s,
+		   struct raft *raft, uint32_t shard_id, size_t snapshot_max)
+{
+	memset(fr, 0, sizeof *fr);
+	fr->fsm = f;
+	fr->store = s;
+	fr->raft = raft;
+	fr->shard_id = shard_id;
+	fr->snapshot_max_bytes = snapshot_max;
+	fr->rfsm.version = 2;
+	fr->rfsm.data = fr;
+	fr->rfsm.apply = fsm_apply_cb;
+	fr->rfsm.snapshot = fsm_snapshot_cb;
+	fr->rfsm.restore = fsm_restore_cb;
+	fr->rfsm.snapshot_finalize = fsm_snapshot_finalize_cb;
 }

@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <raft.h>
+
 #include "codec.h"
 #include "store.h"
 
@@ -55,5 +57,23 @@ int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
 
 /* Encode @cmd into a raft_malloc'd buffer (for raft_apply). */
 int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len);
+
+/* Adapter exposing a struct fsm as canonical/raft's struct raft_fsm.
+ * Snapshots are the whole store serialized in memory, refused (raft
+ * retries later, the log keeps growing) above @snapshot_max bytes.
+ * @raft is the instance the adapter is installed in (apply reads its last
+ * applied index to learn the entry's index). */
+struct raft;
+struct fsm_raft {
+	struct raft_fsm rfsm;
+	struct fsm *fsm;
+	struct store *store;
+	struct raft *raft;
+	uint32_t shard_id;
+	size_t snapshot_max_bytes;
+	bool too_large_logged;
+};
+void fsm_raft_init(struct fsm_raft *fr, struct fsm *f, struct store *s,
+		   struct raft *raft, uint32_t shard_id, size_t snapshot_max);
 
 #endif /* RMQ_FSM_H */

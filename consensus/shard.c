@@ -26,7 +26,7 @@ struct shard {
 	struct raft raft;
 	struct raft_io io;
 	struct raft_uv_transport transport;
-	struct raft_fsm rfsm;
+	struct fsm_raft rfsm;
 	struct fsm *fsm;     /* owned */
 	struct store *store; /* owned */
 	struct shard_config config;
@@ -41,7 +41,6 @@ struct shard {
 	uint64_t barrier_term; /* term whose barrier has been applied */
 	struct raft_barrier barrier;
 	unsigned inflight;
-	bool snapshot_too_large_logged;
 
 	shard_close_cb close_cb;
 	void *close_data;
@@ -87,86 +86,6 @@ static void applied_cb(void *data, const struct fsm_result *r)
 	if (s->hooks.applied != NULL) {
 		s->hooks.applied(s->hooks.data, s, r);
 	}
-}
-
-static int fsm_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
-			void **result)
-{
-	struct shard *s = rfsm->data;
-	const struct fsm_result *r = NULL;
-	/* raft applies entries in order and bumps last_applied after each. */
-	uint64_t index = raft_last_applied(&s->raft) + 1;
-	int rv = fsm_apply(s->fsm, index, buf->base, buf->len, &r);
-	if (rv != 0) {
-		fprintf(stderr,
-			"raftmq: shard %u: FATAL: applying entry %llu failed: "
-			"%s; this replica stops applying\n",
-			s->config.id, (unsigned long long)index,
-			codec_strerror(rv));
-		return RAFT_IOERR;
-	}
-	*result = (void *)r;
-	return 0;
-}
-
-static int fsm_snapshot_cb(struct raft_fsm *rfsm, struct raft_buffer *bufs[],
-			   unsigned *n_bufs)
-{
-	struct shard *s = rfsm->data;
-	uint8_t *data;
-	size_t len;
-	int rv = store_snapshot(s->store, &data, &len,
-				s->config.snapshot_max_bytes);
-	if (rv != 0) {
-		if (rv == RMQ_ETOOLARGE && !s->snapshot_too_large_logged) {
-			fprintf(stderr,
-				"raftmq: shard %u: state exceeds "
-				"snapshot_max_mb, snapshots paused (the raft "
-				"log keeps growing until it shrinks)\n",
-				s->config.id);
-			s->snapshot_too_large_logged = true;
-		}
-		return RAFT_BUSY; /* raft retries at the next threshold */
-	}
-	s->snapshot_too_large_logged = false;
-	*bufs = raft_malloc(sizeof **bufs);
-	if (*bufs == NULL) {
-		free(data);
-		return RAFT_BUSY;
-	}
-	(*bufs)[0].base = data;
-	(*bufs)[0].len = len;
-	*n_bufs = 1;
-	return 0;
-}
-
-static int fsm_snapshot_finalize_cb(struct raft_fsm *rfsm,
-				    struct raft_buffer *bufs[],
-				    unsigned *n_bufs)
-{
-	(void)rfsm;
-	if (*bufs != NULL) {
-		for (unsigned i = 0; i < *n_bufs; i++) {
-			free((*bufs)[i].base);
-		}
-		raft_free(*bufs);
-	}
-	*bufs = NULL;
-	*n_bufs = 0;
-	return 0;
-}
-
-static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
-{
-	struct shard *s = rfsm->data;
-	int rv = store_restore(s->store, buf->base, buf->len);
-	if (rv != 0) {
-		fprintf(stderr, "raftmq: shard %u: restore failed: %s\n",
-			s->config.id, codec_strerror(rv));
-		return RAFT_CORRUPT;
-	}
-	raft_free(buf->base);
-	return 0;
 }
 
 static int make_dir(const char *path)
@@ -225,12 +144,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	if (rv != 0) {
 		goto err_after_store;
 	}
-	s->rfsm.version = 2;
-	s->rfsm.data = s;
-	s->rfsm.apply = fsm_apply_cb;
-	s->rfsm.snapshot = fsm_snapshot_cb;
-	s->rfsm.restore = fsm_restore_cb;
-	s->rfsm.snapshot_finalize = fsm_snapshot_finalize_cb;
+	fsm_raft_init(&s->rfsm, s->fsm, s->store, &s->raft, c->id,
+		      c->snapshot_max_bytes);
 
 	snprintf(path, sizeof path, "%s/raft", s->dir);
 	rv = make_dir(path);
@@ -245,16 +160,17 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	if (rv != 0) {
 		fprintf(stderr, "raftmq: shard %u: raft_uv_init %s: %s\n",
 			c->id, path, s->io.errmsg);
-		s->transport.close(&s->transport, NULL);
+		peer_net_transport_release(&s->transport);
 		rv = err_from_raft(rv);
 		goto err_after_fsm;
 	}
-	rv = raft_init(&s->raft, &s->io, &s->rfsm, c->node_id,
+	rv = raft_init(&s->raft, &s->io, &s->rfsm.rfsm, c->node_id,
 		       s->peer_address);
 	if (rv != 0) {
 		fprintf(stderr, "raftmq: shard %u: raft_init: %s\n", c->id,
 			raft_errmsg(&s->raft));
 		raft_uv_close(&s->io);
+		peer_net_transport_release(&s->transport);
 		rv = err_from_raft(rv);
 		goto err_after_fsm;
 	}

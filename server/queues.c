@@ -951,13 +951,8 @@ static void handle_meta(struct node *n, struct conn *c, Rmq__Request *req)
 
 static bool shard_full(struct node *n, unsigned shard, size_t extra)
 {
-	uint64_t bytes = extra + n->batches[shard].bytes;
-	TABLE_FOREACH(n, q)
-	{
-		if (q->stored && q->shard == shard) {
-			bytes += q->bytes + q->count * 128;
-		}
-	}
+	uint64_t bytes = n->shard_bytes[shard] + extra +
+			 n->batches[shard].bytes;
 	/* LMDB copy-on-write needs room for old and new pages. */
 	return bytes * 2 > (uint64_t)n->cfg.map_size * 8 / 10;
 }
@@ -1324,16 +1319,25 @@ void queues_conn_closed(struct node *n, struct conn *c)
 
 /* ---- raft hooks ------------------------------------------------------- */
 
+/* Stored bytes of @q as counted for the admission check of its shard. */
+static uint64_t footprint(const struct queue *q)
+{
+	return q->stored ? q->bytes + q->count * 128 : 0;
+}
+
 static void refresh_stored(struct node *n, struct store_txn *t,
 			   struct queue *q)
 {
 	struct store_queue sq;
-	if (store_queue_get(t, q->name, &sq) == 0) {
+	n->shard_bytes[q->shard] -= footprint(q);
+	int rv = store_queue_get(t, q->name, &sq);
+	if (rv == 0) {
 		q->stored = true;
 		q->qid = sq.qid;
 		q->count = sq.count;
 		q->bytes = sq.bytes;
 		q->stored_delivered_upto = sq.delivered_upto;
+		n->shard_bytes[q->shard] += footprint(q);
 		return;
 	}
 	bool was = q->stored;
@@ -1342,7 +1346,6 @@ static void refresh_stored(struct node *n, struct store_txn *t,
 	if (was && q->active) {
 		queue_deactivate(q, RMQ_ENOTFOUND, "queue deleted");
 	}
-	(void)n;
 }
 
 static const char *op_queue(const Rmqc__Op *op)
@@ -1685,6 +1688,7 @@ static int load_stored(void *arg, const char *name,
 		q->count = sq->count;
 		q->bytes = sq->bytes;
 		q->stored_delivered_upto = sq->delivered_upto;
+		ctx->n->shard_bytes[q->shard] += footprint(q);
 	}
 	return 0;
 }

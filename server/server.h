@@ -129,6 +129,7 @@ struct node {
 	struct peer_info peers[NODE_MAX_PEERS];
 	size_t n_peers;
 	struct queue_table queues;
+	uint64_t shard_bytes[NODE_MAX_SHARDS]; /* stored, for admission */
 	uint64_t started_ms;
 	bool stopping;
 	int exit_code;

@@ -1,0 +1,333 @@
+/* Deterministic tests of the shard FSM on canonical/raft's in-memory
+ * raft_fixture: replication to every replica, leader change, idempotent
+ * replay by raft index, and snapshot install on a lagging follower. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <raft.h>
+#include <raft/fixture.h>
+
+#include "fsm.h"
+#include "store.h"
+
+#define N 3
+
+struct replica {
+	char dir[64];
+	struct store *store;
+	struct fsm *fsm;
+	struct fsm_raft fr;
+};
+
+struct fix {
+	struct raft_fixture f;
+	struct replica r[N];
+};
+
+static void replica_open(struct replica *r)
+{
+	struct store_options o = {.map_size = 64u << 20, .nosync = true};
+	snprintf(r->dir, sizeof r->dir, "/tmp/rmq-cons-XXXXXX");
+	assert_non_null(mkdtemp(r->dir));
+	assert_int_equal(store_open(r->dir, &o, &r->store), 0);
+	assert_int_equal(fsm_init(&r->fsm, r->store, NULL, NULL), 0);
+}
+
+static void replica_close(struct replica *r)
+{
+	char cmd[128];
+	fsm_close(r->fsm);
+	store_close(r->store);
+	snprintf(cmd, sizeof cmd, "rm -rf %s", r->dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static int setup(void **state)
+{
+	struct fix *x = calloc(1, sizeof *x);
+	struct raft_configuration conf;
+	assert_int_equal(raft_fixture_initialize(&x->f), 0);
+	for (unsigned i = 0; i < N; i++) {
+		replica_open(&x->r[i]);
+		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1,
+			      64u << 20);
+		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm),
+				 0);
+		x->r[i].fr.raft = raft_fixture_get(&x->f, i);
+	}
+	assert_int_equal(raft_fixture_configuration(&x->f, N, &conf), 0);
+	assert_int_equal(raft_fixture_bootstrap(&x->f, &conf), 0);
+	raft_configuration_close(&conf);
+	assert_int_equal(raft_fixture_start(&x->f), 0);
+	*state = x;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fix *x = *state;
+	raft_fixture_close(&x->f);
+	for (unsigned i = 0; i < N; i++) {
+		replica_close(&x->r[i]);
+	}
+	free(x);
+	return 0;
+}
+
+/* Encode a command: an optional create of @queue, then @n messages with
+ * bodies "@prefix-<k>" and producer ("p", @pseq0 + k). */
+static struct raft_buffer make_cmd(const char *queue, bool create,
+				   const char *prefix, unsigned n,
+				   uint64_t pseq0)
+{
+	Rmqc__Command cmd = RMQC__COMMAND__INIT;
+	Rmqc__Op ops[2];
+	Rmqc__Op *opp[2];
+	Rmqc__CreateQueueOp cr = RMQC__CREATE_QUEUE_OP__INIT;
+	Rmqc__PublishOp pub = RMQC__PUBLISH_OP__INIT;
+	Rmqc__Msg *msgs = calloc(n + 1, sizeof *msgs);
+	Rmqc__Msg **mp = calloc(n + 1, sizeof *mp);
+	char (*bodies)[32] = calloc(n + 1, sizeof *bodies);
+	size_t k = 0;
+	struct raft_buffer buf;
+
+	if (create) {
+		rmqc__op__init(&ops[k]);
+		cr.queue = (char *)queue;
+		ops[k].kind_case = RMQC__OP__KIND_CREATE;
+		ops[k].create = &cr;
+		opp[k] = &ops[k];
+		k++;
+	}
+	if (n > 0) {
+		for (unsigned i = 0; i < n; i++) {
+			rmqc__msg__init(&msgs[i]);
+			snprintf(bodies[i], sizeof bodies[i], "%s-%llu",
+				 prefix, (unsigned long long)(pseq0 + i));
+			msgs[i].body.data = (uint8_t *)bodies[i];
+			msgs[i].body.len = strlen(bodies[i]);
+			msgs[i].producer_id = "p";
+			msgs[i].producer_seq = pseq0 + i;
+			mp[i] = &msgs[i];
+		}
+		rmqc__op__init(&ops[k]);
+		pub.queue = (char *)queue;
+		pub.msgs = mp;
+		pub.n_msgs = n;
+		ops[k].kind_case = RMQC__OP__KIND_PUBLISH;
+		ops[k].publish = &pub;
+		opp[k] = &ops[k];
+		k++;
+	}
+	cmd.ops = opp;
+	cmd.n_ops = k;
+	assert_int_equal(fsm_encode(&cmd, &buf.base, &buf.len), 0);
+	free(msgs);
+	free(mp);
+	free(bodies);
+	return buf;
+}
+
+static unsigned applied_count;
+
+static void count_cb(struct raft_apply *req, int status, void *result)
+{
+	(void)result;
+	if (status == 0) {
+		applied_count++;
+	}
+	free(req);
+}
+
+static void propose(struct fix *x, struct raft_buffer buf)
+{
+	unsigned l = raft_fixture_leader_index(&x->f);
+	struct raft_apply *req = calloc(1, sizeof *req);
+	assert_int_equal(
+		raft_apply(raft_fixture_get(&x->f, l), req, &buf, 1, count_cb),
+		0);
+}
+
+static void wait_applied(struct fix *x, unsigned i, raft_index index)
+{
+	assert_true(raft_fixture_step_until_applied(&x->f, i, index, 10000));
+}
+
+/* Every stored body of @queue on replica @i, joined by ','. */
+static void dump(struct fix *x, unsigned i, const char *queue, char *out,
+		 size_t cap)
+{
+	struct store_txn *t;
+	struct store_queue q;
+	struct store_msg m;
+	size_t len = 0;
+	out[0] = '\0';
+	assert_int_equal(store_begin(x->r[i].store, false, &t), 0);
+	if (store_queue_get(t, queue, &q) == 0) {
+		uint64_t from = 1;
+		while (store_msg_next(t, q.qid, from, &m) == 0) {
+			len += (size_t)snprintf(out + len, cap - len,
+						"%llu=%.*s,",
+						(unsigned long long)m.seq,
+						(int)m.body_len, m.body);
+			from = m.seq + 1;
+		}
+	}
+	store_abort(t);
+}
+
+static void replicate_publish_all_replicas_hold_same_messages(void **state)
+{
+	struct fix *x = *state;
+	char a[4096], b[4096];
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	propose(x, make_cmd("q", true, "m", 3, 1));
+	raft_index idx = raft_last_index(
+		raft_fixture_get(&x->f, raft_fixture_leader_index(&x->f)));
+	for (unsigned i = 0; i < N; i++) {
+		wait_applied(x, i, idx);
+	}
+	dump(x, 0, "q", a, sizeof a);
+	assert_string_equal(a, "1=m-1,2=m-2,3=m-3,");
+	for (unsigned i = 1; i < N; i++) {
+		dump(x, i, "q", b, sizeof b);
+		assert_string_equal(a, b);
+	}
+}
+
+static void leader_change_retry_is_deduplicated(void **state)
+{
+	struct fix *x = *state;
+	char a[4096], b[4096];
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	propose(x, make_cmd("q", true, "m", 2, 1));
+	unsigned old = raft_fixture_leader_index(&x->f);
+	raft_index idx = raft_last_index(raft_fixture_get(&x->f, old));
+	for (unsigned i = 0; i < N; i++) {
+		wait_applied(x, i, idx);
+	}
+	/* The leader dies; a new one is elected among the other two. */
+	raft_fixture_kill(&x->f, old);
+	assert_true(raft_fixture_step_until_has_no_leader(&x->f, 10000));
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 10000));
+	unsigned now = raft_fixture_leader_index(&x->f);
+	assert_int_not_equal(now, old);
+	/* A client that saw no confirm retries message 2 (same producer
+	 * seq) along with a new message 3. */
+	propose(x, make_cmd("q", false, "m", 2, 2));
+	idx = raft_last_index(raft_fixture_get(&x->f, now));
+	wait_applied(x, now, idx);
+	dump(x, now, "q", a, sizeof a);
+	assert_string_equal(a, "1=m-1,2=m-2,3=m-3,");
+	/* The old leader comes back and catches up to the same state. */
+	raft_fixture_revive(&x->f, old);
+	wait_applied(x, old, idx);
+	dump(x, old, "q", b, sizeof b);
+	assert_string_equal(a, b);
+}
+
+static void snapshot_install_lagging_follower_catches_up(void **state)
+{
+	struct fix *x = *state;
+	char a[65536], b[65536];
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	unsigned lag = (l + 1) % N;
+	for (unsigned i = 0; i < N; i++) {
+		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
+		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
+	}
+	raft_fixture_kill(&x->f, lag);
+	propose(x, make_cmd("q", true, "s", 1, 1));
+	for (unsigned k = 0; k < 30; k++) {
+		propose(x, make_cmd("q", false, "s", 1, 2 + k));
+		raft_fixture_step_n(&x->f, 5);
+	}
+	raft_index idx = raft_last_index(raft_fixture_get(&x->f, l));
+	wait_applied(x, l, idx);
+	raft_fixture_step_until_elapsed(&x->f, 500);
+	/* The leader has compacted its log: the follower needs a snapshot. */
+	assert_true(raft_fixture_get(&x->f, l)->log.snapshot.last_index > 0);
+	raft_fixture_revive(&x->f, lag);
+	wait_applied(x, lag, idx);
+	dump(x, l, "q", a, sizeof a);
+	dump(x, lag, "q", b, sizeof b);
+	assert_true(strlen(a) > 0);
+	assert_string_equal(a, b);
+	assert_non_null(strstr(b, "31=s-31,"));
+}
+
+/* Re-applying entries after a restart must not change the state. */
+static void replay_after_reopen_skips_applied_entries(void **state)
+{
+	(void)state;
+	struct replica r;
+	const struct fsm_result *res;
+	struct raft_buffer e1 = make_cmd("q", true, "r", 2, 1);
+	struct raft_buffer e2 = make_cmd("q", false, "r", 1, 3);
+	struct store_options o = {.map_size = 64u << 20, .nosync = true};
+	struct store_txn *t;
+	struct store_queue q;
+
+	replica_open(&r);
+	assert_int_equal(fsm_apply(r.fsm, 1, e1.base, e1.len, &res), 0);
+	assert_false(res->skipped);
+	/* Restart: close and reopen the store, replay entry 1 then 2. */
+	fsm_close(r.fsm);
+	store_close(r.store);
+	assert_int_equal(store_open(r.dir, &o, &r.store), 0);
+	assert_int_equal(fsm_init(&r.fsm, r.store, NULL, NULL), 0);
+	assert_int_equal(fsm_apply(r.fsm, 1, e1.base, e1.len, &res), 0);
+	assert_true(res->skipped);
+	assert_int_equal(fsm_apply(r.fsm, 2, e2.base, e2.len, &res), 0);
+	assert_false(res->skipped);
+	assert_int_equal(res->ops[0].pub[0].seq, 3);
+	assert_int_equal(store_begin(r.store, false, &t), 0);
+	assert_int_equal(store_queue_get(t, "q", &q), 0);
+	assert_int_equal(q.count, 3);
+	store_abort(t);
+	raft_free(e1.base);
+	raft_free(e2.base);
+	replica_close(&r);
+}
+
+static void apply_publish_unknown_queue_is_business_error(void **state)
+{
+	(void)state;
+	struct replica r;
+	const struct fsm_result *res;
+	struct raft_buffer e = make_cmd("nope", false, "x", 2, 1);
+	replica_open(&r);
+	assert_int_equal(fsm_apply(r.fsm, 1, e.base, e.len, &res), 0);
+	assert_int_equal(res->ops[0].status, RMQ_ENOTFOUND);
+	assert_int_equal(res->ops[0].pub[1].status, RMQ_ENOTFOUND);
+	/* A garbage entry is a fatal fault, not a business outcome. */
+	uint8_t junk[4] = {0xff, 0xff, 0xff, 0xff};
+	assert_int_not_equal(fsm_apply(r.fsm, 2, junk, sizeof junk, &res), 0);
+	raft_free(e.base);
+	replica_close(&r);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(
+			replicate_publish_all_replicas_hold_same_messages,
+			setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			leader_change_retry_is_deduplicated, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			snapshot_install_lagging_follower_catches_up, setup,
+			teardown),
+		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
+		cmocka_unit_test(
+			apply_publish_unknown_queue_is_business_error),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
