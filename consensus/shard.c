@@ -164,6 +164,9 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 		rv = err_from_raft(rv);
 		goto err_after_fsm;
 	}
+	if (c->segment_size > 0) {
+		raft_uv_set_segment_size(&s->io, c->segment_size);
+	}
 	rv = raft_init(&s->raft, &s->io, &s->rfsm.rfsm, c->node_id,
 		       s->peer_address);
 	if (rv != 0) {

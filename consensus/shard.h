@@ -47,6 +47,7 @@ struct shard_config {
 	unsigned snapshot_trailing;
 	size_t snapshot_max_bytes;
 	size_t map_size;
+	size_t segment_size; /* raft log segment; must hold the largest entry */
 };
 
 struct shard_hooks {

@@ -174,6 +174,16 @@ static void shard_role_hook(void *data, struct shard *s, enum shard_role role,
 	queues_role(n, s, role);
 }
 
+/* A raft entry must fit in one log segment: the largest batch is
+ * batch_max_bytes plus one message of max_message_size. */
+static size_t segment_size(const struct config *c)
+{
+	size_t mib = 1024 * 1024;
+	size_t need = c->batch_max_bytes + c->max_message_size + mib;
+	need = (need + mib - 1) / mib * mib;
+	return need > 8 * mib ? need : 8 * mib;
+}
+
 static int open_shards(struct node *n)
 {
 	uint64_t ids[CONFIG_MAX_MEMBERS];
@@ -200,6 +210,7 @@ static int open_shards(struct node *n)
 			.snapshot_trailing = n->cfg.snapshot_trailing,
 			.snapshot_max_bytes = n->cfg.snapshot_max_bytes,
 			.map_size = n->cfg.map_size,
+			.segment_size = segment_size(&n->cfg),
 		};
 		struct shard_hooks hooks = {
 			.data = n,
