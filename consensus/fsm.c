@@ -12,7 +12,7 @@ struct fsm {
 	struct store *store;
 	fsm_applied_cb cb;
 	void *data;
-	Rmqc__Command *cmd; /* owned: the last decoded command */
+	Rmqc__Command *cmd;        /* owned: the last decoded command */
 	struct fsm_op_result *ops; /* owned scratch, cap_ops entries */
 	size_t cap_ops;
 	struct store_publish_result *pub; /* owned scratch */
@@ -171,10 +171,11 @@ static int apply_op(struct fsm *f, struct store_txn *t, const Rmqc__Op *op,
 		break;
 	}
 	case RMQC__OP__KIND_DECLARE:
-		rv = store_placement_declare(
-			t, op->declare->queue, op->declare->max_length,
-			op->declare->max_message_size, op->declare->n_shards,
-			&res->placement, &res->created);
+		rv = store_placement_declare(t, op->declare->queue,
+					     op->declare->max_length,
+					     op->declare->max_message_size,
+					     op->declare->n_shards,
+					     &res->placement, &res->created);
 		break;
 	case RMQC__OP__KIND_UNDECLARE:
 		rv = store_placement_delete(t, op->undeclare->queue);
@@ -230,8 +231,7 @@ int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
 	}
 	f->result.cmd = f->cmd;
 	count_msgs(f->cmd, &n_msgs);
-	rv = grow((void **)&f->ops, &f->cap_ops, f->cmd->n_ops,
-		  sizeof *f->ops);
+	rv = grow((void **)&f->ops, &f->cap_ops, f->cmd->n_ops, sizeof *f->ops);
 	if (rv == 0) {
 		rv = grow((void **)&f->pub, &f->cap_pub, n_msgs,
 			  sizeof *f->pub);
@@ -325,8 +325,7 @@ static int fsm_snapshot_cb(struct raft_fsm *rfsm, struct raft_buffer *bufs[],
 	struct fsm_raft *s = rfsm->data;
 	uint8_t *data;
 	size_t len;
-	int rv = store_snapshot(s->store, &data, &len,
-				s->snapshot_max_bytes);
+	int rv = store_snapshot(s->store, &data, &len, s->snapshot_max_bytes);
 	if (rv != 0) {
 		if (rv == RMQ_ETOOLARGE && !s->too_large_logged) {
 			fprintf(stderr,

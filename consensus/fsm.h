@@ -25,18 +25,18 @@
 
 /* Outcome of one Op of the applied Command. */
 struct fsm_op_result {
-	int status;                        /* 0 or RMQ_E* business error */
-	struct store_publish_result *pub;  /* PublishOp: one per message */
+	int status;                       /* 0 or RMQ_E* business error */
+	struct store_publish_result *pub; /* PublishOp: one per message */
 	size_t n_pub;
-	struct store_placement placement;  /* DeclareOp */
-	bool created;                      /* CreateQueueOp, DeclareOp */
+	struct store_placement placement; /* DeclareOp */
+	bool created;                     /* CreateQueueOp, DeclareOp */
 };
 
 /* Result of one applied entry; valid only until the next apply. */
 struct fsm_result {
 	bool skipped; /* index already applied before: nothing changed */
 	uint64_t index;
-	const Rmqc__Command *cmd; /* the decoded command */
+	const Rmqc__Command *cmd;  /* the decoded command */
 	struct fsm_op_result *ops; /* cmd->n_ops entries */
 };
 

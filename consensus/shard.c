@@ -38,7 +38,7 @@ struct shard {
 	uint64_t term;
 	bool barrier_pending;
 	uint64_t barrier_issued; /* term of the barrier in flight */
-	uint64_t barrier_term; /* term whose barrier has been applied */
+	uint64_t barrier_term;   /* term whose barrier has been applied */
 	struct raft_barrier barrier;
 	unsigned inflight;
 
@@ -258,8 +258,8 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 	free(a);
 }
 
-int shard_propose(struct shard *s, const Rmqc__Command *cmd,
-		  shard_apply_cb cb, void *data)
+int shard_propose(struct shard *s, const Rmqc__Command *cmd, shard_apply_cb cb,
+		  void *data)
 {
 	struct shard_apply *a;
 	struct raft_buffer buf;

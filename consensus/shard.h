@@ -31,9 +31,9 @@
 struct shard;
 
 enum shard_role {
-	SHARD_FOLLOWER = 0, /* also candidate / unavailable */
+	SHARD_FOLLOWER = 0,   /* also candidate / unavailable */
 	SHARD_LEADER_PENDING, /* leader, barrier not applied yet */
-	SHARD_LEADER, /* leader, state up to date: serve */
+	SHARD_LEADER,         /* leader, state up to date: serve */
 };
 
 struct shard_config {
@@ -82,8 +82,8 @@ void shard_close(struct shard *s, shard_close_cb cb, void *data);
  * another error (not committed). On error, @cb is never called. */
 typedef void (*shard_apply_cb)(void *data, int status,
 			       const struct fsm_result *r);
-int shard_propose(struct shard *s, const Rmqc__Command *cmd,
-		  shard_apply_cb cb, void *data);
+int shard_propose(struct shard *s, const Rmqc__Command *cmd, shard_apply_cb cb,
+		  void *data);
 
 /* Ask raft to hand leadership to @node_id (0: the most up to date). */
 int shard_transfer(struct shard *s, uint64_t node_id);

@@ -42,7 +42,7 @@ struct peer_net_config {
 	uint64_t cluster_id;
 	const char *peer_address;   /* host:port to listen on and advertise */
 	const char *client_address; /* advertised to peers */
-	const char *bind_host;      /* source IP of outgoing connections, or NULL */
+	const char *bind_host; /* source IP of outgoing connections, or NULL */
 	peer_net_hello_cb hello_cb; /* may be NULL */
 	void *data;                 /* passed to hello_cb */
 };

@@ -52,8 +52,7 @@ uint64_t codec_get_u64be(const uint8_t *p);
  * bytes. */
 int codec_pack_server_frame(const Rmq__ServerFrame *f, uint8_t **out,
 			    size_t *out_len);
-int codec_pack_request(const Rmq__Request *req, uint8_t **out,
-		       size_t *out_len);
+int codec_pack_request(const Rmq__Request *req, uint8_t **out, size_t *out_len);
 
 /* Wire code <-> RMQ_E* error code. */
 Rmq__Code codec_code_from_err(int err);

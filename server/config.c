@@ -73,14 +73,13 @@ static int set_key(struct config *c, const char *section, const char *key,
 		COPY(c->cluster_name, v);
 	} else if (strcmp(key, "initial_cluster") == 0) {
 		COPY(c->initial_cluster, v);
-	} else if (strcmp(key, "shards") == 0 && numeric && n >= 1 &&
-		   n <= 32) {
+	} else if (strcmp(key, "shards") == 0 && numeric && n >= 1 && n <= 32) {
 		c->shards = (unsigned)n;
 	} else if (strcmp(key, "max_frame") == 0 && numeric && n >= 1024 &&
 		   n <= 1u << 30) {
 		c->max_frame = (uint32_t)n;
-	} else if (strcmp(key, "max_message_size") == 0 && numeric &&
-		   n >= 1 && n <= 1u << 30) {
+	} else if (strcmp(key, "max_message_size") == 0 && numeric && n >= 1 &&
+		   n <= 1u << 30) {
 		c->max_message_size = (uint32_t)n;
 	} else if (strcmp(key, "map_size_mb") == 0 && numeric && n >= 1) {
 		c->map_size = (size_t)n * 1024 * 1024;
@@ -110,11 +109,12 @@ static int set_key(struct config *c, const char *section, const char *key,
 }
 
 static int config_ini_cb(void *arg, const char *section, const char *name,
-		       const char *value)
+			 const char *value)
 {
 	struct config *c = arg;
 	if (set_key(c, section, name, value) != 0) {
-		fprintf(stderr, "raftmqd: config: bad key or value [%s] %s = %s\n",
+		fprintf(stderr,
+			"raftmqd: config: bad key or value [%s] %s = %s\n",
 			section, name, value);
 		return 0;
 	}
@@ -199,8 +199,7 @@ int config_load(struct config *c, int argc, char **argv)
 				fprintf(stderr,
 					"raftmqd: config %s: %s (line %d)\n",
 					optarg,
-					rv < 0 ? "cannot read" : "invalid",
-					rv);
+					rv < 0 ? "cannot read" : "invalid", rv);
 				return RMQ_EINVAL;
 			}
 		}

@@ -106,8 +106,7 @@ void conn_flush(struct conn *c)
 
 	uv_buf_t buf = uv_buf_init((char *)c->wbuf, (unsigned)c->wbuf_len);
 	c->wreq.data = c;
-	int rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1,
-			  write_cb);
+	int rv = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &buf, 1, write_cb);
 	if (rv != 0) {
 		conn_close_now(c);
 		return;
@@ -202,8 +201,7 @@ static int conn_frame_cb(void *arg, uint8_t *data, uint32_t len)
 			rmq__request__free_unpacked(req, NULL);
 		}
 		LOGW("client %s: malformed request, closing", c->peer);
-		conn_send_error(c, 0, RMQ_EPROTO,
-				"malformed request frame");
+		conn_send_error(c, 0, RMQ_EPROTO, "malformed request frame");
 		return RMQ_EPROTO;
 	}
 	queues_request(c->node, c, req);

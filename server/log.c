@@ -38,7 +38,8 @@ void log_msg(int level, const char *fmt, ...)
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
-	n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
+	n = snprintf(line, sizeof line,
+		     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
 		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 		     tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, tags[level]);
 	va_start(ap, fmt);

@@ -171,12 +171,11 @@ static void table_remove(struct node *n, struct queue *q)
 	}
 }
 
-#define TABLE_FOREACH(n, q)                                              \
-	for (size_t b_ = 0; b_ < (n)->queues.n_buckets; b_++)            \
-		for (struct queue *q = (n)->queues.buckets[b_],          \
-				  *qnext_ = q ? q->hnext : NULL;         \
-		     q != NULL;                                          \
-		     q = qnext_, qnext_ = q ? q->hnext : NULL)
+#define TABLE_FOREACH(n, q)                                      \
+	for (size_t b_ = 0; b_ < (n)->queues.n_buckets; b_++)    \
+		for (struct queue *q = (n)->queues.buckets[b_],  \
+				  *qnext_ = q ? q->hnext : NULL; \
+		     q != NULL; q = qnext_, qnext_ = q ? q->hnext : NULL)
 
 /* ---- replies ---------------------------------------------------------- */
 
@@ -192,8 +191,8 @@ static void reply_not_leader(struct node *n, struct conn *c, uint64_t id,
 	e.code = RMQ__CODE__NOT_LEADER;
 	e.message = msg;
 	e.leader_id = leader;
-	e.leader_address = (char *)(leader ? node_client_address(n, leader)
-					   : "");
+	e.leader_address =
+		(char *)(leader ? node_client_address(n, leader) : "");
 	r.id = id;
 	r.error = &e;
 	conn_send_response(c, &r);
@@ -236,8 +235,9 @@ static void reply_publish_error(struct node *n, struct conn *c, uint64_t id,
 			 message_limit(n, q));
 		break;
 	case RMQ_EFULL:
-		snprintf(msg, sizeof msg, "queue %s is full (max_length %" PRIu64
-			 ")", q->name, q->placement.max_length);
+		snprintf(msg, sizeof msg,
+			 "queue %s is full (max_length %" PRIu64 ")", q->name,
+			 q->placement.max_length);
 		break;
 	case RMQ_ENOTFOUND:
 		snprintf(msg, sizeof msg, "no such queue: %s", q->name);
@@ -572,8 +572,8 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 
 /* Ops of one batch under construction. */
 struct builder {
-	Rmqc__Op *ops;   /* owned */
-	Rmqc__Op **opp;  /* owned */
+	Rmqc__Op *ops;  /* owned */
+	Rmqc__Op **opp; /* owned */
 	size_t n_ops, cap_ops;
 	struct queue **op_queue; /* owned: queue of each op */
 	int *op_type;            /* owned: PENDING_* or 0 for create */
@@ -863,8 +863,8 @@ static void meta_cb(void *data, int status, const struct fsm_result *r)
 		err = r->ops[0].status;
 	}
 	if (err == RMQ_EEXISTS) {
-		snprintf(msg, sizeof msg,
-			 "queue %s exists with other settings", m->name);
+		snprintf(msg, sizeof msg, "queue %s exists with other settings",
+			 m->name);
 		conn_send_error(c, m->req_id, err, msg);
 	} else if (err == RMQ_ENOTFOUND) {
 		snprintf(msg, sizeof msg, "no such queue: %s", m->name);
@@ -951,8 +951,8 @@ static void handle_meta(struct node *n, struct conn *c, Rmq__Request *req)
 
 static bool shard_full(struct node *n, unsigned shard, size_t extra)
 {
-	uint64_t bytes = n->shard_bytes[shard] + extra +
-			 n->batches[shard].bytes;
+	uint64_t bytes =
+		n->shard_bytes[shard] + extra + n->batches[shard].bytes;
 	/* LMDB copy-on-write needs room for old and new pages. */
 	return bytes * 2 > (uint64_t)n->cfg.map_size * 8 / 10;
 }
@@ -1012,8 +1012,8 @@ static struct consumer *find_consumer(struct conn *c, uint64_t id)
 	return NULL;
 }
 
-static void reply_empty(struct conn *c, uint64_t id, Rmq__Response__BodyCase
-			body)
+static void reply_empty(struct conn *c, uint64_t id,
+			Rmq__Response__BodyCase body)
 {
 	Rmq__Response resp = RMQ__RESPONSE__INIT;
 	Rmq__SubscribeResp s = RMQ__SUBSCRIBE_RESP__INIT;
@@ -1325,8 +1325,7 @@ static uint64_t footprint(const struct queue *q)
 	return q->stored ? q->bytes + q->count * 128 : 0;
 }
 
-static void refresh_stored(struct node *n, struct store_txn *t,
-			   struct queue *q)
+static void refresh_stored(struct node *n, struct store_txn *t, struct queue *q)
 {
 	struct store_queue sq;
 	n->shard_bytes[q->shard] -= footprint(q);
@@ -1407,8 +1406,7 @@ static void applied_meta(struct node *n, const struct fsm_result *r)
 	}
 }
 
-void queues_applied(struct node *n, struct shard *s,
-		    const struct fsm_result *r)
+void queues_applied(struct node *n, struct shard *s, const struct fsm_result *r)
 {
 	struct store_txn *t;
 	unsigned id = shard_id(s);
@@ -1604,8 +1602,7 @@ static void balance_leaders(struct node *n)
 	}
 	for (unsigned i = 0; i < n->n_shards; i++) {
 		struct shard *s = n->shards[i];
-		uint64_t preferred =
-			n->cfg.members[i % n->cfg.n_members].id;
+		uint64_t preferred = n->cfg.members[i % n->cfg.n_members].id;
 		if (shard_role(s) != SHARD_LEADER || preferred == n->cfg.id) {
 			continue;
 		}
@@ -1660,8 +1657,8 @@ static int load_node(void *arg, const struct store_node *sn)
 			 sn->peer_address);
 		p->registered = true;
 	} else if (p != NULL) {
-		p->registered =
-			strcmp(p->client_address, sn->client_address) == 0;
+		p->registered = strcmp(p->client_address, sn->client_address) ==
+				0;
 	}
 	return 0;
 }

@@ -14,7 +14,7 @@ struct seqmap_slot {
 
 struct seqmap {
 	struct seqmap_slot *slots; /* owned */
-	size_t cap; /* power of two, or 0 */
+	size_t cap;                /* power of two, or 0 */
 	size_t n;
 };
 

@@ -41,10 +41,10 @@ struct conn {
 	size_t wbuf_len;
 	uv_write_t wreq;
 	bool writing;
-	bool closing;       /* no more reads or requests */
-	bool closed;        /* uv_close called */
+	bool closing; /* no more reads or requests */
+	bool closed;  /* uv_close called */
 	bool close_after_flush;
-	unsigned refs;      /* the connection list + pending requests */
+	unsigned refs;              /* the connection list + pending requests */
 	struct consumer *consumers; /* owned list */
 	struct conn *prev, *next;
 	char peer[64];
@@ -67,13 +67,13 @@ bool conn_alive(const struct conn *c);
 
 /* A request waiting in a shard batch or a raft proposal. */
 struct pending {
-	int type; /* PENDING_PUBLISH, PENDING_SETTLE */
+	int type;          /* PENDING_PUBLISH, PENDING_SETTLE */
 	struct conn *conn; /* ref held */
 	uint64_t req_id;
 	struct queue *queue;
 	Rmq__Request *req; /* owned until the batch is encoded */
-	size_t op; /* index of its op in the command */
-	size_t msg; /* PUBLISH: index within the op's messages */
+	size_t op;         /* index of its op in the command */
+	size_t msg;        /* PUBLISH: index within the op's messages */
 };
 
 struct batch {

@@ -414,8 +414,8 @@ static int publish_one(struct publish *p, const struct store_msg_in *m,
 {
 	size_t plen = 0;
 	bool dedup;
-	bool found;
-	uint64_t seq;
+	bool found = false;
+	uint64_t seq = 0;
 	int rv;
 
 	r->status = 0;

@@ -29,7 +29,8 @@
 #include "raftmq_errors.h"
 
 #define STORE_MAX_NAME 255 /* queue names: 1..255 bytes */
-#define STORE_DEDUP_WINDOW (1u << 20) /* producer seqs remembered per producer */
+#define STORE_DEDUP_WINDOW \
+	(1u << 20)                /* producer seqs remembered per producer */
 #define STORE_MAX_PRODUCER_ID 255 /* producer ids: 0..255 bytes */
 
 struct store;
@@ -67,12 +68,12 @@ int store_applied_set(struct store_txn *t, uint64_t index);
 /* ---- Data shard: queues ---------------------------------------------- */
 
 struct store_queue {
-	uint32_t qid;          /* internal id, assigned at creation */
-	uint64_t next_seq;     /* seq the next message gets (first is 1) */
-	uint64_t count;        /* messages stored (ready + unacked) */
-	uint64_t bytes;        /* body bytes stored */
-	uint64_t delivered_upto; /* highest seq recorded as handed out */
-	uint64_t max_length;   /* 0: unlimited */
+	uint32_t qid;              /* internal id, assigned at creation */
+	uint64_t next_seq;         /* seq the next message gets (first is 1) */
+	uint64_t count;            /* messages stored (ready + unacked) */
+	uint64_t bytes;            /* body bytes stored */
+	uint64_t delivered_upto;   /* highest seq recorded as handed out */
+	uint64_t max_length;       /* 0: unlimited */
 	uint32_t max_message_size; /* 0: no queue limit */
 };
 

@@ -11,8 +11,9 @@
  * called from any application thread. Callbacks (confirms, deliveries) run
  * on the I/O thread: they must not block, and must not call the blocking
  * functions of this header (rmq_publish, rmq_flush, rmq_receive,
- * rmq_queue_*, rmq_cluster_status, rmq_close). rmq_publish_async, rmq_ack
- * and rmq_nack may be called from callbacks.
+ * rmq_queue_*, rmq_cluster_status, rmq_close; those that would wait on
+ * the I/O thread return RMQ_EINVAL there). rmq_publish_async, rmq_ack and
+ * rmq_nack may be called from callbacks.
  *
  * Errors: functions return 0 or a negative RMQ_E* code from
  * raftmq_errors.h; rmq_strerror() names it and rmq_last_error() returns the
@@ -40,13 +41,13 @@ struct rmq_client;
 struct rmq_consumer;
 
 struct rmq_options {
-	const char *servers;          /* "h:p,h:p,..." seed list (copied) */
-	const char *producer_id;      /* NULL: a random id per client */
-	unsigned connect_timeout_ms;  /* per attempt; default 2000 */
-	unsigned request_timeout_ms;  /* admin calls; default 10000 */
-	unsigned publish_timeout_ms;  /* until a publish fails; default 30000 */
-	unsigned publish_window;      /* max async publishes in flight; 1000 */
-	unsigned max_backoff_ms;      /* reconnect backoff cap; default 1000 */
+	const char *servers;         /* "h:p,h:p,..." seed list (copied) */
+	const char *producer_id;     /* NULL: a random id per client */
+	unsigned connect_timeout_ms; /* per attempt; default 2000 */
+	unsigned request_timeout_ms; /* admin calls; default 10000 */
+	unsigned publish_timeout_ms; /* until a publish fails; default 30000 */
+	unsigned publish_window;     /* max async publishes in flight; 1000 */
+	unsigned max_backoff_ms;     /* reconnect backoff cap; default 1000 */
 };
 
 RMQ_API void rmq_options_init(struct rmq_options *o);
@@ -67,16 +68,20 @@ RMQ_API const char *rmq_last_error(void);
 /* ---- Queues -------------------------------------------------------------- */
 
 struct rmq_queue_options {
-	uint64_t max_length;        /* 0: unlimited */
-	uint32_t max_message_size;  /* 0: the cluster's limit */
+	uint64_t max_length;       /* 0: unlimited */
+	uint32_t max_message_size; /* 0: the cluster's limit */
 };
 
 /* Declare queue @name (1..255 bytes). 0 if created or already present with
  * the same options (*created tells which; may be NULL); RMQ_EEXISTS if it
  * exists with other options. @o may be NULL for defaults. */
 RMQ_API int rmq_queue_declare(struct rmq_client *c, const char *name,
-			      const struct rmq_queue_options *o,
-			      bool *created);
+			      const struct rmq_queue_options *o, bool *created);
+/* As rmq_queue_declare(); also gives the queue's shard (@shard may be
+ * NULL), as the meta leader placed it. */
+RMQ_API int rmq_queue_declare_ex(struct rmq_client *c, const char *name,
+				 const struct rmq_queue_options *o,
+				 bool *created, uint32_t *shard);
 RMQ_API int rmq_queue_delete(struct rmq_client *c, const char *name);
 
 struct rmq_queue_info {
@@ -100,7 +105,7 @@ struct rmq_node_info {
 };
 
 struct rmq_shard_info {
-	uint32_t id; /* 0 is the meta shard */
+	uint32_t id;     /* 0 is the meta shard */
 	uint64_t leader; /* node id, 0 if none */
 	uint64_t term;
 	uint64_t commit_index;
@@ -140,7 +145,9 @@ RMQ_API int rmq_publish(struct rmq_client *c, const char *queue,
 			const void *body, size_t len, uint64_t *seq);
 
 /* Confirm callback: @status is 0 (stored; @seq is its queue seq) or an error
- * as for rmq_publish. Fires exactly once per accepted rmq_publish_async. */
+ * as for rmq_publish. Fires exactly once per accepted rmq_publish_async.
+ * During the call, rmq_last_error() holds the server's text for a failure,
+ * the client's own text (RMQ_ETIMEDOUT), or "" (then use rmq_strerror). */
 typedef void (*rmq_confirm_cb)(void *arg, int status, uint64_t seq);
 
 /* Publish asynchronously with optional headers. Blocks while publish_window

@@ -57,8 +57,7 @@ static int setup(void **state)
 		replica_open(&x->r[i]);
 		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1,
 			      64u << 20);
-		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm),
-				 0);
+		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm), 0);
 		x->r[i].fr.raft = raft_fixture_get(&x->f, i);
 	}
 	assert_int_equal(raft_fixture_configuration(&x->f, N, &conf), 0);
@@ -93,7 +92,7 @@ static struct raft_buffer make_cmd(const char *queue, bool create,
 	Rmqc__PublishOp pub = RMQC__PUBLISH_OP__INIT;
 	Rmqc__Msg *msgs = calloc(n + 1, sizeof *msgs);
 	Rmqc__Msg **mp = calloc(n + 1, sizeof *mp);
-	char (*bodies)[32] = calloc(n + 1, sizeof *bodies);
+	char(*bodies)[32] = calloc(n + 1, sizeof *bodies);
 	size_t k = 0;
 	struct raft_buffer buf;
 
@@ -108,8 +107,8 @@ static struct raft_buffer make_cmd(const char *queue, bool create,
 	if (n > 0) {
 		for (unsigned i = 0; i < n; i++) {
 			rmqc__msg__init(&msgs[i]);
-			snprintf(bodies[i], sizeof bodies[i], "%s-%llu",
-				 prefix, (unsigned long long)(pseq0 + i));
+			snprintf(bodies[i], sizeof bodies[i], "%s-%llu", prefix,
+				 (unsigned long long)(pseq0 + i));
 			msgs[i].body.data = (uint8_t *)bodies[i];
 			msgs[i].body.len = strlen(bodies[i]);
 			msgs[i].producer_id = "p";
@@ -149,9 +148,9 @@ static void propose(struct fix *x, struct raft_buffer buf)
 {
 	unsigned l = raft_fixture_leader_index(&x->f);
 	struct raft_apply *req = calloc(1, sizeof *req);
-	assert_int_equal(
-		raft_apply(raft_fixture_get(&x->f, l), req, &buf, 1, count_cb),
-		0);
+	assert_int_equal(raft_apply(raft_fixture_get(&x->f, l), req, &buf, 1,
+				    count_cb),
+			 0);
 }
 
 static void wait_applied(struct fix *x, unsigned i, raft_index index)
@@ -326,8 +325,7 @@ int main(void)
 			snapshot_install_lagging_follower_catches_up, setup,
 			teardown),
 		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
-		cmocka_unit_test(
-			apply_publish_unknown_queue_is_business_error),
+		cmocka_unit_test(apply_publish_unknown_queue_is_business_error),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,8 +46,8 @@ static void feed_byte_by_byte_reassembles_frames(void **state)
 	struct got g = {0};
 	frame_reader_init(&r, 1024);
 	for (size_t i = 0; i < n; i++) {
-		assert_int_equal(frame_reader_feed(&r, buf + i, 1, collect_cb, &g),
-				 0);
+		assert_int_equal(
+			frame_reader_feed(&r, buf + i, 1, collect_cb, &g), 0);
 	}
 	assert_int_equal(g.n, 3);
 	assert_int_equal(g.lens[0], 5);
@@ -164,8 +164,9 @@ static void error_codes_round_trip_through_wire(void **state)
 			    RMQ_ETIMEDOUT,
 			    RMQ_ELEADERLOST};
 	for (size_t i = 0; i < sizeof errs / sizeof errs[0]; i++) {
-		assert_int_equal(codec_err_from_code(codec_code_from_err(errs[i])),
-				 errs[i]);
+		assert_int_equal(
+			codec_err_from_code(codec_code_from_err(errs[i])),
+			errs[i]);
 		assert_non_null(codec_strerror(errs[i]));
 	}
 	assert_int_equal(codec_code_from_err(RMQ_EPROTO),
