@@ -36,6 +36,9 @@ int fsm_init(struct fsm **out, struct store *store, fsm_applied_cb cb,
 	return 0;
 }
 
+static int entry_payload(const uint8_t *buf, size_t len,
+			 const uint8_t **payload, size_t *payload_len);
+
 static void release_cmd(struct fsm *f)
 {
 	if (f->cmd != NULL) {
@@ -223,7 +226,12 @@ int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
 	memset(&f->result, 0, sizeof f->result);
 	f->result.index = index;
 
-	f->cmd = rmqc__command__unpack(NULL, len, buf);
+	const uint8_t *payload;
+	size_t payload_len;
+	if (entry_payload(buf, len, &payload, &payload_len) != 0) {
+		return RMQ_ECORRUPT;
+	}
+	f->cmd = rmqc__command__unpack(NULL, payload_len, payload);
 	if (f->cmd == NULL) {
 		/* Only our own leaders write entries: an undecodable entry is
 		 * corruption, not a client error. */
@@ -284,16 +292,47 @@ err_after_begin:
 	return rv;
 }
 
+/* Entry layout: u32 magic | u32 length of the packed Command | Command |
+ * zero padding to a multiple of 8 bytes. canonical/raft's segment writer
+ * requires entry sizes to be multiples of 8 (it pads the space it reserves
+ * but not the bytes it copies, and its loader then misreads every later
+ * batch of the segment and truncates the log there). */
+#define ENTRY_MAGIC 0x524d5131u /* "RMQ1" */
+#define ENTRY_HEADER 8
+
 int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len)
 {
 	size_t len = rmqc__command__get_packed_size(cmd);
-	void *buf = raft_malloc(len ? len : 1);
+	if (len > UINT32_MAX - 16) {
+		return RMQ_ETOOLARGE;
+	}
+	size_t total = (ENTRY_HEADER + len + 7) & ~(size_t)7;
+	uint8_t *buf = raft_malloc(total);
 	if (buf == NULL) {
 		return RMQ_ENOMEM;
 	}
-	rmqc__command__pack(cmd, buf);
+	codec_put_u32be(buf, ENTRY_MAGIC);
+	codec_put_u32be(buf + 4, (uint32_t)len);
+	rmqc__command__pack(cmd, buf + ENTRY_HEADER);
+	memset(buf + ENTRY_HEADER + len, 0, total - ENTRY_HEADER - len);
 	*out = buf;
-	*out_len = len;
+	*out_len = total;
+	return 0;
+}
+
+/* The packed Command inside an entry; RMQ_ECORRUPT if malformed. */
+static int entry_payload(const uint8_t *buf, size_t len,
+			 const uint8_t **payload, size_t *payload_len)
+{
+	if (len < ENTRY_HEADER || codec_get_u32be(buf) != ENTRY_MAGIC) {
+		return RMQ_ECORRUPT;
+	}
+	size_t n = codec_get_u32be(buf + 4);
+	if (n > len - ENTRY_HEADER) {
+		return RMQ_ECORRUPT;
+	}
+	*payload = buf + ENTRY_HEADER;
+	*payload_len = n;
 	return 0;
 }
 

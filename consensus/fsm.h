@@ -55,7 +55,8 @@ void fsm_close(struct fsm *f);
 int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
 	      const struct fsm_result **result);
 
-/* Encode @cmd into a raft_malloc'd buffer (for raft_apply). */
+/* Encode @cmd into a raft_malloc'd entry buffer for raft_apply(): a small
+ * header with the length, the packed command, padding to 8 bytes. */
 int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len);
 
 /* Adapter exposing a struct fsm as canonical/raft's struct raft_fsm.
