@@ -352,6 +352,8 @@ static void deliver(struct node *n, struct queue *q)
 	struct consumer *k;
 
 	if (!q->active || q->n_consumers == 0 || !q->stored) {
+		LOGD("deliver %s: active %d consumers %zu stored %d", q->name,
+		     q->active, q->n_consumers, q->stored);
 		return;
 	}
 	if (store_begin(shard_store(n->shards[q->shard]), false, &t) != 0) {
@@ -368,6 +370,9 @@ static void deliver(struct node *n, struct queue *q)
 			again = true;
 		} else {
 			if (store_msg_next(t, q->qid, q->cursor, &m) != 0) {
+				LOGD("deliver %s: nothing from %" PRIu64
+				     " (qid %u, count %" PRIu64 ")",
+				     q->name, q->cursor, q->qid, q->count);
 				break;
 			}
 			q->cursor = m.seq + 1;
@@ -430,6 +435,8 @@ static void conn_unlink_consumer(struct conn *c, struct consumer *k)
 
 static void end_consumer(struct consumer *k, int err, const char *why)
 {
+	LOGD("client %s: consumer %" PRIu64 " ended: %s", k->conn->peer, k->id,
+	     why);
 	Rmq__ServerFrame f = RMQ__SERVER_FRAME__INIT;
 	Rmq__ConsumerEnded e = RMQ__CONSUMER_ENDED__INIT;
 	Rmq__Error r = RMQ__ERROR__INIT;
@@ -1056,7 +1063,15 @@ static void handle_subscribe(struct node *n, struct conn *c,
 		conn_send_error(c, req->id, RMQ_EUNAVAIL, msg);
 		return;
 	}
-	if (find_consumer(c, s->consumer_id) != NULL) {
+	struct consumer *dup = find_consumer(c, s->consumer_id);
+	if (dup != NULL && dup->q == q) {
+		/* A retried subscribe: same consumer, maybe a new prefetch. */
+		dup->prefetch = s->prefetch ? s->prefetch : 1;
+		reply_empty(c, req->id, RMQ__RESPONSE__BODY_SUBSCRIBE);
+		deliver(n, q);
+		return;
+	}
+	if (dup != NULL) {
 		conn_send_error(c, req->id, RMQ_EINVAL,
 				"consumer id already in use on this "
 				"connection");
@@ -1085,6 +1100,8 @@ static void handle_subscribe(struct node *n, struct conn *c,
 	k->next = c->consumers;
 	c->consumers = k;
 	q->consumers[q->n_consumers++] = k;
+	LOGD("client %s: consumer %" PRIu64 " on %s (prefetch %u)", c->peer,
+	     k->id, q->name, k->prefetch);
 	reply_empty(c, req->id, RMQ__RESPONSE__BODY_SUBSCRIBE);
 	deliver(n, q);
 }

@@ -125,6 +125,19 @@ for q in json.load(sys.stdin):
 ' "$1"
 }
 
+# t_queue_ready QUEUE: messages stored in the queue, as its leader sees them
+# (0 if unknown).
+t_queue_ready() {
+	rmq queue list --json 2>/dev/null | python3 -c '
+import json, sys
+n = 0
+for q in json.load(sys.stdin):
+    if q.get("name") == sys.argv[1]:
+        n = (q.get("ready") or 0) + (q.get("unacked") or 0)
+print(n)
+' "$1" 2>/dev/null || echo 0
+}
+
 # t_wait_queue_leader QUEUE [SECONDS]: poll t_queue_leader until it names a
 # node (default 10 s); print it.
 t_wait_queue_leader() {

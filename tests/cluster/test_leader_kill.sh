@@ -12,48 +12,62 @@ t_init leader_kill 17100 "${1:-}"
 
 N=20000
 t_start
-rmq queue declare q1
 
-leader=$(t_wait_queue_leader q1) ||
-	t_fail "queue list --json shows no leader for q1's shard"
-
-timeout --kill-after=5 120 "$RAFTMQ_BIN/raftmq" --servers "$SERVERS" \
-	publish q1 --count "$N" --window 1000 --prefix LK --timeout 60 \
-	>"$RAFTMQ_DIR/publish.out" 2>"$RAFTMQ_DIR/publish.err" &
-pub=$!
-
-delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.2f", 0.3 + 1.7 * r / 32767 }')
-sleep "$delay"
-running=yes
-kill -0 "$pub" 2>/dev/null || running="no (publisher already done)"
-t_log "killing node $leader (leader of q1's shard) after ${delay}s; publisher running: $running"
-t_kill "$leader"
-
-pub_rc=0
-wait "$pub" || pub_rc=$?
-last=$(t_last_line "$RAFTMQ_DIR/publish.out")
-t_log "publisher exit $pub_rc: $last"
-if ((pub_rc != 0)); then
-	tail -n 5 "$RAFTMQ_DIR/publish.err" >&2
-	t_fail "publisher exited $pub_rc"
-fi
-[[ $last == *"confirmed=$N failed=0"* ]] ||
-	t_fail "publisher's last line lacks 'confirmed=$N failed=0': $last"
+# The kill must land while the publisher runs: wait until a random share of
+# the messages is stored, then SIGKILL the leader. A machine fast enough to
+# finish first gets another round on a fresh queue.
+killed=""
+for round in 1 2 3; do
+	Q=q$round
+	rmq queue declare "$Q"
+	leader=$(t_wait_queue_leader "$Q") ||
+		t_fail "queue list --json shows no leader for $Q's shard"
+	timeout --kill-after=5 120 "$RAFTMQ_BIN/raftmq" --servers "$SERVERS" \
+		publish "$Q" --count "$N" --size 1024 --window 1000 \
+		--prefix "LK$round" --timeout 60 \
+		>"$RAFTMQ_DIR/publish.out" 2>"$RAFTMQ_DIR/publish.err" &
+	pub=$!
+	target=$((1000 + RANDOM % (N / 2)))
+	while kill -0 "$pub" 2>/dev/null &&
+		(($(t_queue_ready "$Q") < target)); do
+		sleep 0.01
+	done
+	if kill -0 "$pub" 2>/dev/null; then
+		t_log "round $round: killing node $leader (leader of $Q's shard) at >= $target stored"
+		t_kill "$leader"
+		killed=yes
+	else
+		t_log "round $round: publisher finished before $target were seen; again"
+	fi
+	pub_rc=0
+	wait "$pub" || pub_rc=$?
+	last=$(t_last_line "$RAFTMQ_DIR/publish.out")
+	t_log "publisher exit $pub_rc: $last"
+	if ((pub_rc != 0)); then
+		tail -n 5 "$RAFTMQ_DIR/publish.err" >&2
+		t_fail "publisher exited $pub_rc"
+	fi
+	[[ $last == *"confirmed=$N failed=0"* ]] ||
+		t_fail "publisher's last line lacks 'confirmed=$N failed=0': $last"
+	[[ -n $killed ]] && break
+	rmq queue delete "$Q"
+done
+[[ -n $killed ]] || t_fail "the publisher always finished before the kill"
 
 t_restart "$leader"
 
-rmq consume q1 --print --count "$N" --idle-timeout 10 \
+rmq consume "$Q" --print --count "$N" --idle-timeout 10 \
 	>"$RAFTMQ_DIR/bodies" 2>"$RAFTMQ_DIR/consume.err" ||
 	t_fail "consume exited $? ($(t_last_line "$RAFTMQ_DIR/consume.err"))"
 t_log "consumer: $(t_last_line "$RAFTMQ_DIR/consume.err")"
-result=$(t_check_bodies "$RAFTMQ_DIR/bodies" LK "$N") ||
+result=$(t_check_bodies "$RAFTMQ_DIR/bodies" "LK$round" "$N") ||
 	t_fail "bodies: $result"
 
 # Nothing left behind: a stored duplicate would show up here.
-rmq consume q1 --print --idle-timeout 3 >"$RAFTMQ_DIR/rest" 2>/dev/null ||
+rmq consume "$Q" --print --idle-timeout 3 >"$RAFTMQ_DIR/rest" 2>/dev/null ||
 	t_fail "second consume failed"
 extra=$(wc -l <"$RAFTMQ_DIR/rest")
-((extra == 0)) || t_fail "$extra more message(s) in q1 after consuming all $N"
+((extra == 0)) || t_fail "$extra more message(s) in $Q after consuming all $N"
 
 echo "lost=0 dup=0"
-t_pass "$result; killed node $leader after ${delay}s"
+t_pass "$result; killed node $leader in round $round"
