@@ -82,6 +82,17 @@ t_cleanup() {
 	for d in ${T_DIRS[@]+"${T_DIRS[@]}"}; do
 		RAFTMQ_DIR=$d "$LC" stop >/dev/null 2>&1 || true
 	done
+	# A sanitizer report from any node (memory error, UB, leak at exit)
+	# fails the test even if the client side looked fine.
+	for d in ${T_DIRS[@]+"${T_DIRS[@]}"}; do
+		if grep -l -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' \
+			"$d"/*.log >/dev/null 2>&1; then
+			grep -h -B2 -A30 -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' \
+				"$d"/*.log | head -n 80 >&2
+			t_log "sanitizer report in a node log"
+			((rc != 0)) || rc=1
+		fi
+	done
 	if ((rc == 0)); then
 		for d in ${T_DIRS[@]+"${T_DIRS[@]}"}; do
 			rm -rf "$d"
