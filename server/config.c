@@ -20,7 +20,7 @@ void config_defaults(struct config *c)
 	c->shards = 3;
 	c->max_frame = 16u * 1024 * 1024;
 	c->max_message_size = 8u * 1024 * 1024;
-	c->map_size = (size_t)1024 * 1024 * 1024;
+	c->map_size = (size_t)8192 * 1024 * 1024;
 	c->election_timeout_ms = 1000;
 	c->heartbeat_timeout_ms = 100;
 	c->snapshot_threshold = 4096;
