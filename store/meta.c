@@ -77,41 +77,23 @@ int store_node_get(struct store_txn *t, uint64_t id, struct store_node *n)
 	return store_node_decode(&k, &v, n);
 }
 
+struct node_walk {
+	store_node_cb cb;
+	void *arg;
+};
+
+static int node_visit(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	struct node_walk *w = arg;
+	struct store_node n;
+	int rv = store_node_decode(k, v, &n);
+	return rv != 0 ? rv : w->cb(w->arg, &n);
+}
+
 int store_node_foreach(struct store_txn *t, store_node_cb cb, void *arg)
 {
-	struct store_node n;
-	MDB_cursor *c;
-	MDB_val k;
-	MDB_val v;
-	MDB_cursor_op op = MDB_FIRST;
-	int rv;
-
-	rv = mdb_cursor_open(t->txn, t->s->dbi[STORE_DB_NODES], &c);
-	if (rv != 0) {
-		return store_err_from_mdb(rv);
-	}
-	for (;;) {
-		rv = mdb_cursor_get(c, &k, &v, op);
-		op = MDB_NEXT;
-		if (rv == MDB_NOTFOUND) {
-			rv = 0;
-			break;
-		}
-		if (rv != 0) {
-			rv = store_err_from_mdb(rv);
-			break;
-		}
-		rv = store_node_decode(&k, &v, &n);
-		if (rv != 0) {
-			break;
-		}
-		rv = cb(arg, &n);
-		if (rv != 0) {
-			break;
-		}
-	}
-	mdb_cursor_close(c);
-	return rv;
+	struct node_walk w = {cb, arg};
+	return store_walk(t->txn, t->s->dbi[STORE_DB_NODES], node_visit, &w);
 }
 
 /* ---- Placement ------------------------------------------------------- */
@@ -120,20 +102,8 @@ static int placement_read(struct store_txn *t, const char *name, MDB_val *k,
 			  struct store_placement *p)
 {
 	MDB_val v;
-	size_t len;
-	int rv;
-
-	rv = store_name_check(name, &len);
-	if (rv != 0) {
-		return rv;
-	}
-	k->mv_size = len;
-	k->mv_data = (void *)name;
-	rv = mdb_get(t->txn, t->s->dbi[STORE_DB_PLACEMENT], k, &v);
-	if (rv != 0) {
-		return store_err_from_mdb(rv);
-	}
-	return store_placement_decode(&v, p);
+	int rv = store_get_named(t, STORE_DB_PLACEMENT, name, k, &v);
+	return rv != 0 ? rv : store_placement_decode(&v, p);
 }
 
 /* The shard among 1..@n_shards with the fewest placed queues, lowest id on
@@ -263,47 +233,27 @@ int store_placement_delete(struct store_txn *t, const char *name)
 		mdb_del(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &k, NULL));
 }
 
+struct placement_walk {
+	store_placement_cb cb;
+	void *arg;
+};
+
+static int placement_visit(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	struct placement_walk *w = arg;
+	char name[STORE_MAX_NAME + 1];
+	struct store_placement p;
+	int rv = store_key_name(k, name);
+	if (rv == 0) {
+		rv = store_placement_decode(v, &p);
+	}
+	return rv != 0 ? rv : w->cb(w->arg, name, &p);
+}
+
 int store_placement_foreach(struct store_txn *t, store_placement_cb cb,
 			    void *arg)
 {
-	char name[STORE_MAX_NAME + 1];
-	struct store_placement p;
-	MDB_cursor *c;
-	MDB_val k;
-	MDB_val v;
-	MDB_cursor_op op = MDB_FIRST;
-	int rv;
-
-	rv = mdb_cursor_open(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &c);
-	if (rv != 0) {
-		return store_err_from_mdb(rv);
-	}
-	for (;;) {
-		rv = mdb_cursor_get(c, &k, &v, op);
-		op = MDB_NEXT;
-		if (rv == MDB_NOTFOUND) {
-			rv = 0;
-			break;
-		}
-		if (rv != 0) {
-			rv = store_err_from_mdb(rv);
-			break;
-		}
-		if (k.mv_size == 0 || k.mv_size > STORE_MAX_NAME) {
-			rv = RMQ_ECORRUPT;
-			break;
-		}
-		rv = store_placement_decode(&v, &p);
-		if (rv != 0) {
-			break;
-		}
-		memcpy(name, k.mv_data, k.mv_size);
-		name[k.mv_size] = '\0';
-		rv = cb(arg, name, &p);
-		if (rv != 0) {
-			break;
-		}
-	}
-	mdb_cursor_close(c);
-	return rv;
+	struct placement_walk w = {cb, arg};
+	return store_walk(t->txn, t->s->dbi[STORE_DB_PLACEMENT],
+			  placement_visit, &w);
 }

@@ -59,20 +59,8 @@ static int queue_read(struct store_txn *t, const char *name, MDB_val *k,
 		      struct store_queue *q)
 {
 	MDB_val v;
-	size_t len;
-	int rv;
-
-	rv = store_name_check(name, &len);
-	if (rv != 0) {
-		return rv;
-	}
-	k->mv_size = len;
-	k->mv_data = (void *)name;
-	rv = mdb_get(t->txn, t->s->dbi[STORE_DB_QUEUES], k, &v);
-	if (rv != 0) {
-		return store_err_from_mdb(rv);
-	}
-	return store_queue_decode(&v, q);
+	int rv = store_get_named(t, STORE_DB_QUEUES, name, k, &v);
+	return rv != 0 ? rv : store_queue_decode(&v, q);
 }
 
 static int queue_write(struct store_txn *t, MDB_val *k,
@@ -234,48 +222,27 @@ int store_queue_get(struct store_txn *t, const char *name,
 	return queue_read(t, name, &k, q);
 }
 
-int store_queue_foreach(struct store_txn *t, store_queue_cb cb, void *arg)
+struct queue_walk {
+	store_queue_cb cb;
+	void *arg;
+};
+
+static int queue_visit(void *arg, const MDB_val *k, const MDB_val *v)
 {
+	struct queue_walk *w = arg;
 	char name[STORE_MAX_NAME + 1];
 	struct store_queue q;
-	MDB_cursor *c;
-	MDB_val k;
-	MDB_val v;
-	MDB_cursor_op op = MDB_FIRST;
-	int rv;
+	int rv = store_key_name(k, name);
+	if (rv == 0) {
+		rv = store_queue_decode(v, &q);
+	}
+	return rv != 0 ? rv : w->cb(w->arg, name, &q);
+}
 
-	rv = mdb_cursor_open(t->txn, t->s->dbi[STORE_DB_QUEUES], &c);
-	if (rv != 0) {
-		return store_err_from_mdb(rv);
-	}
-	for (;;) {
-		rv = mdb_cursor_get(c, &k, &v, op);
-		op = MDB_NEXT;
-		if (rv == MDB_NOTFOUND) {
-			rv = 0;
-			break;
-		}
-		if (rv != 0) {
-			rv = store_err_from_mdb(rv);
-			break;
-		}
-		if (k.mv_size == 0 || k.mv_size > STORE_MAX_NAME) {
-			rv = RMQ_ECORRUPT;
-			break;
-		}
-		rv = store_queue_decode(&v, &q);
-		if (rv != 0) {
-			break;
-		}
-		memcpy(name, k.mv_data, k.mv_size);
-		name[k.mv_size] = '\0';
-		rv = cb(arg, name, &q);
-		if (rv != 0) {
-			break;
-		}
-	}
-	mdb_cursor_close(c);
-	return rv;
+int store_queue_foreach(struct store_txn *t, store_queue_cb cb, void *arg)
+{
+	struct queue_walk w = {cb, arg};
+	return store_walk(t->txn, t->s->dbi[STORE_DB_QUEUES], queue_visit, &w);
 }
 
 /* ---- Publish --------------------------------------------------------- */

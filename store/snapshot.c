@@ -109,38 +109,27 @@ static int snap_record(struct snap_buf *b, uint8_t db, const MDB_val *k,
 	return 0;
 }
 
+struct snap_walk {
+	struct snap_buf *b;
+	uint8_t db;
+	uint64_t *count;
+};
+
+static int snap_visit(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	struct snap_walk *w = arg;
+	int rv = snap_record(w->b, w->db, k, v);
+	if (rv == 0) {
+		(*w->count)++;
+	}
+	return rv;
+}
+
 static int snap_db(struct snap_buf *b, MDB_txn *txn, MDB_dbi dbi, uint8_t db,
 		   uint64_t *count)
 {
-	MDB_cursor *c;
-	MDB_val k;
-	MDB_val v;
-	MDB_cursor_op op = MDB_FIRST;
-	int rv;
-
-	rv = mdb_cursor_open(txn, dbi, &c);
-	if (rv != 0) {
-		return store_err_from_mdb(rv);
-	}
-	for (;;) {
-		rv = mdb_cursor_get(c, &k, &v, op);
-		op = MDB_NEXT;
-		if (rv == MDB_NOTFOUND) {
-			rv = 0;
-			break;
-		}
-		if (rv != 0) {
-			rv = store_err_from_mdb(rv);
-			break;
-		}
-		rv = snap_record(b, db, &k, &v);
-		if (rv != 0) {
-			break;
-		}
-		(*count)++;
-	}
-	mdb_cursor_close(c);
-	return rv;
+	struct snap_walk w = {b, db, count};
+	return store_walk(txn, dbi, snap_visit, &w);
 }
 
 int store_snapshot(struct store *s, uint8_t **out, size_t *out_len,

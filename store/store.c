@@ -408,3 +408,58 @@ int store_applied_set(struct store_txn *t, uint64_t index)
 	return store_err_from_mdb(
 		mdb_put(t->txn, t->s->dbi[STORE_DB_INFO], &k, &v, 0));
 }
+
+int store_walk(MDB_txn *txn, MDB_dbi dbi, store_visit_cb visit, void *arg)
+{
+	MDB_cursor *c;
+	MDB_val k;
+	MDB_val v;
+	MDB_cursor_op op = MDB_FIRST;
+	int rv;
+
+	rv = mdb_cursor_open(txn, dbi, &c);
+	if (rv != 0) {
+		return store_err_from_mdb(rv);
+	}
+	for (;;) {
+		rv = mdb_cursor_get(c, &k, &v, op);
+		op = MDB_NEXT;
+		if (rv == MDB_NOTFOUND) {
+			rv = 0;
+			break;
+		}
+		if (rv != 0) {
+			rv = store_err_from_mdb(rv);
+			break;
+		}
+		rv = visit(arg, &k, &v);
+		if (rv != 0) {
+			break;
+		}
+	}
+	mdb_cursor_close(c);
+	return rv;
+}
+
+int store_key_name(const MDB_val *k, char *name)
+{
+	if (k->mv_size == 0 || k->mv_size > STORE_MAX_NAME) {
+		return RMQ_ECORRUPT;
+	}
+	memcpy(name, k->mv_data, k->mv_size);
+	name[k->mv_size] = '\0';
+	return 0;
+}
+
+int store_get_named(struct store_txn *t, int db, const char *name, MDB_val *k,
+		    MDB_val *v)
+{
+	size_t len;
+	int rv = store_name_check(name, &len);
+	if (rv != 0) {
+		return rv;
+	}
+	k->mv_size = len;
+	k->mv_data = (void *)name;
+	return store_err_from_mdb(mdb_get(t->txn, t->s->dbi[db], k, v));
+}

@@ -53,6 +53,20 @@ struct store_txn {
 /* The single translation point from LMDB (and errno) codes. */
 int store_err_from_mdb(int rv);
 
+/* Visit every record of @dbi in key order; a non-zero return of @visit
+ * stops the walk and is returned. LMDB errors come back as RMQ_E*. */
+typedef int (*store_visit_cb)(void *arg, const MDB_val *k, const MDB_val *v);
+int store_walk(MDB_txn *txn, MDB_dbi dbi, store_visit_cb visit, void *arg);
+
+/* Look up the record named @name (a queue name) in @db: on 0, *k points
+ * at @name and *v at the value (valid until the transaction ends). */
+int store_get_named(struct store_txn *t, int db, const char *name, MDB_val *k,
+		    MDB_val *v);
+
+/* Copy a queue-name key into @name (STORE_MAX_NAME + 1 bytes);
+ * RMQ_ECORRUPT if the key cannot be a name. */
+int store_key_name(const MDB_val *k, char *name);
+
 /* Checks a queue name (1..STORE_MAX_NAME bytes); sets *len. */
 int store_name_check(const char *name, size_t *len);
 
