@@ -155,7 +155,7 @@ static int apply_op(struct fsm *f, struct store_txn *t, const Rmqc__Op *op,
 		rv = store_queue_create(t, op->create->queue,
 					op->create->max_length,
 					op->create->max_message_size,
-					&res->created);
+					op->create->gen, &res->created);
 		break;
 	case RMQC__OP__KIND_DELETE:
 		rv = store_queue_delete(t, op->delete_->queue);
@@ -174,14 +174,14 @@ static int apply_op(struct fsm *f, struct store_txn *t, const Rmqc__Op *op,
 		break;
 	}
 	case RMQC__OP__KIND_DECLARE:
-		rv = store_placement_declare(t, op->declare->queue,
-					     op->declare->max_length,
-					     op->declare->max_message_size,
-					     op->declare->n_shards,
-					     &res->placement, &res->created);
+		rv = store_placement_declare(
+			t, op->declare->queue, op->declare->max_length,
+			op->declare->max_message_size, op->declare->n_shards,
+			f->result.index, &res->placement, &res->created);
 		break;
 	case RMQC__OP__KIND_UNDECLARE:
-		rv = store_placement_delete(t, op->undeclare->queue);
+		rv = store_placement_delete(t, op->undeclare->queue,
+					    f->result.index);
 		break;
 	default:
 		rv = RMQ_EINVAL; /* unknown op from a newer version */
@@ -352,6 +352,9 @@ static int fsm_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
 			"%s; this replica stops applying\n",
 			s->shard_id, (unsigned long long)index,
 			codec_strerror(rv));
+		if (s->fatal_cb != NULL) {
+			s->fatal_cb(s->cb_arg);
+		}
 		return RAFT_IOERR;
 	}
 	*result = (void *)r;
@@ -414,6 +417,9 @@ static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
 		return RAFT_CORRUPT;
 	}
 	raft_free(buf->base);
+	if (s->restored_cb != NULL) {
+		s->restored_cb(s->cb_arg);
+	}
 	return 0;
 }
 

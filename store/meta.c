@@ -143,7 +143,7 @@ static int least_loaded(struct store_txn *t, uint32_t n_shards, uint32_t *shard)
 		if (rv != 0) {
 			goto err_after_cursor_open;
 		}
-		if (p.shard >= 1 && p.shard <= n_shards) {
+		if (!p.deleted && p.shard >= 1 && p.shard <= n_shards) {
 			counts[p.shard - 1]++;
 		}
 	}
@@ -165,8 +165,8 @@ err:
 
 int store_placement_declare(struct store_txn *t, const char *name,
 			    uint64_t max_length, uint32_t max_message_size,
-			    uint32_t n_shards, struct store_placement *p,
-			    bool *created)
+			    uint32_t n_shards, uint64_t gen,
+			    struct store_placement *p, bool *created)
 {
 	struct store_placement cur;
 	uint8_t vb[STORE_PLACEMENT_REC_LEN];
@@ -178,6 +178,9 @@ int store_placement_declare(struct store_txn *t, const char *name,
 		return RMQ_EINVAL;
 	}
 	rv = placement_read(t, name, &k, &cur);
+	if (rv == 0 && cur.deleted) {
+		rv = RMQ_ENOTFOUND; /* a tombstone: declare anew */
+	}
 	if (rv == 0) {
 		if (cur.max_length != max_length ||
 		    cur.max_message_size != max_message_size) {
@@ -196,6 +199,8 @@ int store_placement_declare(struct store_txn *t, const char *name,
 	}
 	cur.max_length = max_length;
 	cur.max_message_size = max_message_size;
+	cur.gen = gen;
+	cur.deleted = false;
 	store_placement_encode(&cur, vb);
 	rv = mdb_put(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &k, &v, 0);
 	if (rv != 0) {
@@ -214,23 +219,29 @@ int store_placement_get(struct store_txn *t, const char *name,
 	return placement_read(t, name, &k, p);
 }
 
-int store_placement_delete(struct store_txn *t, const char *name)
+int store_placement_delete(struct store_txn *t, const char *name, uint64_t gen)
 {
+	struct store_placement cur;
+	uint8_t vb[STORE_PLACEMENT_REC_LEN];
 	MDB_val k;
-	size_t len;
+	MDB_val v = {sizeof vb, vb};
 	int rv;
 
 	if (!t->write) {
 		return RMQ_EINVAL;
 	}
-	rv = store_name_check(name, &len);
+	rv = placement_read(t, name, &k, &cur);
 	if (rv != 0) {
 		return rv;
 	}
-	k.mv_size = len;
-	k.mv_data = (void *)name;
+	if (cur.deleted) {
+		return RMQ_ENOTFOUND;
+	}
+	cur.deleted = true;
+	cur.gen = gen;
+	store_placement_encode(&cur, vb);
 	return store_err_from_mdb(
-		mdb_del(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &k, NULL));
+		mdb_put(t->txn, t->s->dbi[STORE_DB_PLACEMENT], &k, &v, 0));
 }
 
 struct placement_walk {

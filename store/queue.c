@@ -152,7 +152,7 @@ static int next_qid(struct store_txn *t, uint32_t *qid)
 
 int store_queue_create(struct store_txn *t, const char *name,
 		       uint64_t max_length, uint32_t max_message_size,
-		       bool *created)
+		       uint64_t gen, bool *created)
 {
 	struct store_queue q;
 	MDB_val k;
@@ -164,7 +164,7 @@ int store_queue_create(struct store_txn *t, const char *name,
 	rv = queue_read(t, name, &k, &q);
 	if (rv == 0) {
 		if (q.max_length != max_length ||
-		    q.max_message_size != max_message_size) {
+		    q.max_message_size != max_message_size || q.gen != gen) {
 			return RMQ_EEXISTS;
 		}
 		*created = false;
@@ -174,6 +174,7 @@ int store_queue_create(struct store_txn *t, const char *name,
 		return rv;
 	}
 	memset(&q, 0, sizeof q);
+	q.gen = gen;
 	rv = next_qid(t, &q.qid);
 	if (rv != 0) {
 		return rv;

@@ -65,6 +65,7 @@ void store_queue_encode(const struct store_queue *q, uint8_t *buf)
 	store_put_be64(buf + 28, q->delivered_upto);
 	store_put_be64(buf + 36, q->max_length);
 	store_put_be32(buf + 44, q->max_message_size);
+	store_put_be64(buf + 48, q->gen);
 }
 
 int store_queue_decode(const MDB_val *v, struct store_queue *q)
@@ -81,6 +82,7 @@ int store_queue_decode(const MDB_val *v, struct store_queue *q)
 	q->delivered_upto = store_get_be64(p + 28);
 	q->max_length = store_get_be64(p + 36);
 	q->max_message_size = store_get_be32(p + 44);
+	q->gen = store_get_be64(p + 48);
 	if (q->qid == 0 || q->next_seq == 0) {
 		return RMQ_ECORRUPT;
 	}
@@ -92,6 +94,8 @@ void store_placement_encode(const struct store_placement *p, uint8_t *buf)
 	store_put_be32(buf, p->shard);
 	store_put_be64(buf + 4, p->max_length);
 	store_put_be32(buf + 12, p->max_message_size);
+	store_put_be64(buf + 16, p->gen);
+	buf[24] = p->deleted ? 1 : 0;
 }
 
 int store_placement_decode(const MDB_val *v, struct store_placement *p)
@@ -104,6 +108,11 @@ int store_placement_decode(const MDB_val *v, struct store_placement *p)
 	p->shard = store_get_be32(b);
 	p->max_length = store_get_be64(b + 4);
 	p->max_message_size = store_get_be32(b + 12);
+	p->gen = store_get_be64(b + 16);
+	if (b[24] > 1) {
+		return RMQ_ECORRUPT;
+	}
+	p->deleted = b[24] == 1;
 	return 0;
 }
 

@@ -75,13 +75,16 @@ struct store_queue {
 	uint64_t delivered_upto;   /* highest seq recorded as handed out */
 	uint64_t max_length;       /* 0: unlimited */
 	uint32_t max_message_size; /* 0: no queue limit */
+	uint64_t gen; /* incarnation: the meta index of its declare */
 };
 
-/* Create queue @name. 0 and *created=true if new; 0 and *created=false if
- * it exists with the same limits; RMQ_EEXISTS if it exists with others. */
+/* Create queue @name of incarnation @gen. 0 and *created=true if new; 0
+ * and *created=false if that incarnation exists with the same limits;
+ * RMQ_EEXISTS if it exists with other limits or is another incarnation
+ * (which must be deleted first). */
 int store_queue_create(struct store_txn *t, const char *name,
 		       uint64_t max_length, uint32_t max_message_size,
-		       bool *created);
+		       uint64_t gen, bool *created);
 /* Delete queue @name with its messages and dedup entries. RMQ_ENOTFOUND
  * if absent. */
 int store_queue_delete(struct store_txn *t, const char *name);
@@ -160,23 +163,31 @@ int store_node_get(struct store_txn *t, uint64_t id, struct store_node *n);
 typedef int (*store_node_cb)(void *arg, const struct store_node *n);
 int store_node_foreach(struct store_txn *t, store_node_cb cb, void *arg);
 
+/* A queue's placement, kept after a delete as a tombstone (deleted set)
+ * so that a shard can tell a deleted incarnation from one its node has not
+ * heard of yet. */
 struct store_placement {
 	uint32_t shard;
 	uint64_t max_length;
 	uint32_t max_message_size;
+	uint64_t gen; /* meta index of the last declare that created it, or
+			* of its delete */
+	bool deleted;
 };
 
 /* Place queue @name on the data shard among 1..@n_shards holding the
- * fewest queues (lowest id on ties). Same semantics as store_queue_create
- * for existing names: 0 with *created=false if the limits match (and *p
- * filled), RMQ_EEXISTS otherwise. */
+ * fewest queues (lowest id on ties), as incarnation @gen. For a name that
+ * is placed (not deleted): 0 with *created=false if the limits match (*p
+ * filled, gen unchanged), RMQ_EEXISTS otherwise. */
 int store_placement_declare(struct store_txn *t, const char *name,
 			    uint64_t max_length, uint32_t max_message_size,
-			    uint32_t n_shards, struct store_placement *p,
-			    bool *created);
+			    uint32_t n_shards, uint64_t gen,
+			    struct store_placement *p, bool *created);
 int store_placement_get(struct store_txn *t, const char *name,
 			struct store_placement *p);
-int store_placement_delete(struct store_txn *t, const char *name);
+/* Mark @name deleted at meta index @gen (a tombstone). RMQ_ENOTFOUND if it
+ * is not placed. */
+int store_placement_delete(struct store_txn *t, const char *name, uint64_t gen);
 typedef int (*store_placement_cb)(void *arg, const char *name,
 				  const struct store_placement *p);
 int store_placement_foreach(struct store_txn *t, store_placement_cb cb,

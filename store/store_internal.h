@@ -29,8 +29,8 @@ enum store_db {
 
 /* All integers in keys and records are big-endian, so that cursor order
  * over keys is numeric order. */
-#define STORE_QUEUE_REC_LEN (4 + 8 + 8 + 8 + 8 + 8 + 4)
-#define STORE_PLACEMENT_REC_LEN (4 + 8 + 4)
+#define STORE_QUEUE_REC_LEN (4 + 8 + 8 + 8 + 8 + 8 + 4 + 8)
+#define STORE_PLACEMENT_REC_LEN (4 + 8 + 4 + 8 + 1)
 #define STORE_MSG_KEY_LEN (4 + 8)
 #define STORE_DEDUP_KEY_MIN (4 + 2 + 1 + 8)
 #define STORE_DEDUP_KEY_MAX (4 + 2 + STORE_MAX_PRODUCER_ID + 8)

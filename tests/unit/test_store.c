@@ -119,7 +119,7 @@ static void create_queue(struct store *s, const char *name, uint64_t max_length,
 	bool created = false;
 
 	assert_int_equal(store_queue_create(t, name, max_length,
-					    max_message_size, &created),
+					    max_message_size, 1, &created),
 			 0);
 	assert_true(created);
 	assert_int_equal(store_commit(t), 0);
@@ -225,7 +225,7 @@ static void applied_index_commit_with_data_round_trips(void **state)
 	uint64_t idx = 0;
 
 	t = wbegin(e->s);
-	assert_int_equal(store_queue_create(t, "q", 0, 0, &created), 0);
+	assert_int_equal(store_queue_create(t, "q", 0, 0, 1, &created), 0);
 	assert_int_equal(store_applied_set(t, 42), 0);
 	assert_int_equal(store_applied_get(t, &idx), 0);
 	assert_int_equal(idx, 42);
@@ -251,7 +251,7 @@ static void applied_index_abort_discards_data_and_index(void **state)
 	assert_int_equal(store_commit(t), 0);
 
 	t = wbegin(e->s);
-	assert_int_equal(store_queue_create(t, "q", 0, 0, &created), 0);
+	assert_int_equal(store_queue_create(t, "q", 0, 0, 1, &created), 0);
 	assert_int_equal(store_applied_set(t, 8), 0);
 	store_abort(t);
 
@@ -269,7 +269,7 @@ static void txn_read_writers_return_einval(void **state)
 	bool created;
 
 	assert_int_equal(store_applied_set(t, 1), RMQ_EINVAL);
-	assert_int_equal(store_queue_create(t, "q", 0, 0, &created),
+	assert_int_equal(store_queue_create(t, "q", 0, 0, 1, &created),
 			 RMQ_EINVAL);
 	store_abort(t);
 }
@@ -332,7 +332,8 @@ static void queue_create_same_limits_is_idempotent(void **state)
 	create_queue(e->s, "orders", 10, 100);
 	q1 = queue_get(e->s, "orders");
 	t = wbegin(e->s);
-	assert_int_equal(store_queue_create(t, "orders", 10, 100, &created), 0);
+	assert_int_equal(store_queue_create(t, "orders", 10, 100, 1, &created),
+			 0);
 	assert_false(created);
 	assert_int_equal(store_commit(t), 0);
 	q2 = queue_get(e->s, "orders");
@@ -350,9 +351,12 @@ static void queue_create_other_limits_returns_eexists(void **state)
 
 	create_queue(e->s, "orders", 10, 100);
 	t = wbegin(e->s);
-	assert_int_equal(store_queue_create(t, "orders", 11, 100, &created),
+	assert_int_equal(store_queue_create(t, "orders", 11, 100, 1, &created),
 			 RMQ_EEXISTS);
-	assert_int_equal(store_queue_create(t, "orders", 10, 0, &created),
+	assert_int_equal(store_queue_create(t, "orders", 10, 0, 1, &created),
+			 RMQ_EEXISTS);
+	/* Another incarnation of the same name: the old one goes first. */
+	assert_int_equal(store_queue_create(t, "orders", 10, 100, 2, &created),
 			 RMQ_EEXISTS);
 	store_abort(t);
 }
@@ -366,13 +370,14 @@ static void queue_create_bad_name_returns_einval(void **state)
 
 	memset(name, 'a', sizeof name - 1);
 	name[sizeof name - 1] = '\0';
-	assert_int_equal(store_queue_create(t, "", 0, 0, &created), RMQ_EINVAL);
-	assert_int_equal(store_queue_create(t, NULL, 0, 0, &created),
+	assert_int_equal(store_queue_create(t, "", 0, 0, 1, &created),
 			 RMQ_EINVAL);
-	assert_int_equal(store_queue_create(t, name, 0, 0, &created),
+	assert_int_equal(store_queue_create(t, NULL, 0, 0, 1, &created),
+			 RMQ_EINVAL);
+	assert_int_equal(store_queue_create(t, name, 0, 0, 1, &created),
 			 RMQ_EINVAL);
 	name[STORE_MAX_NAME] = '\0'; /* 255 bytes: allowed */
-	assert_int_equal(store_queue_create(t, name, 0, 0, &created), 0);
+	assert_int_equal(store_queue_create(t, name, 0, 0, 1, &created), 0);
 	assert_true(created);
 	assert_int_equal(store_commit(t), 0);
 }
@@ -791,8 +796,8 @@ placement_declare_spreads_across_shards_and_is_idempotent(void **state)
 	t = wbegin(e->s);
 	for (i = 0; i < 9; i++) {
 		snprintf(name, sizeof name, "q%d", i);
-		assert_int_equal(store_placement_declare(t, name, 0, 0, 3, &p,
-							 &created),
+		assert_int_equal(store_placement_declare(t, name, 0, 0, 3, 1,
+							 &p, &created),
 				 0);
 		assert_true(created);
 		assert_true(p.shard >= 1 && p.shard <= 3);
@@ -805,19 +810,19 @@ placement_declare_spreads_across_shards_and_is_idempotent(void **state)
 	assert_int_equal(per_shard[3], 3);
 
 	assert_int_equal(
-		store_placement_declare(t, "q4", 0, 0, 3, &p, &created), 0);
+		store_placement_declare(t, "q4", 0, 0, 3, 1, &p, &created), 0);
 	assert_false(created);
 	assert_int_equal(p.shard, 2);
-	assert_int_equal(store_placement_declare(t, "q4", 5, 0, 3, &p,
+	assert_int_equal(store_placement_declare(t, "q4", 5, 0, 3, 1, &p,
 						 &created),
 			 RMQ_EEXISTS);
 
 	/* Deleting two queues of shard 2 makes it the least loaded. */
-	assert_int_equal(store_placement_delete(t, "q1"), 0);
-	assert_int_equal(store_placement_delete(t, "q4"), 0);
-	assert_int_equal(store_placement_delete(t, "q4"), RMQ_ENOTFOUND);
+	assert_int_equal(store_placement_delete(t, "q1", 2), 0);
+	assert_int_equal(store_placement_delete(t, "q4", 2), 0);
+	assert_int_equal(store_placement_delete(t, "q4", 2), RMQ_ENOTFOUND);
 	assert_int_equal(
-		store_placement_declare(t, "new", 7, 8, 3, &p, &created), 0);
+		store_placement_declare(t, "new", 7, 8, 3, 1, &p, &created), 0);
 	assert_int_equal(p.shard, 2);
 	assert_int_equal(store_commit(t), 0);
 
@@ -826,8 +831,20 @@ placement_declare_spreads_across_shards_and_is_idempotent(void **state)
 	assert_int_equal(p.shard, 2);
 	assert_int_equal(p.max_length, 7);
 	assert_int_equal(p.max_message_size, 8);
-	assert_int_equal(store_placement_get(t, "q1", &p), RMQ_ENOTFOUND);
+	/* A deleted placement stays as a tombstone with the delete's gen. */
+	assert_int_equal(store_placement_get(t, "q1", &p), 0);
+	assert_true(p.deleted);
+	assert_int_equal(p.gen, 2);
 	store_abort(t);
+
+	/* Declaring a deleted name again is a new incarnation. */
+	t = wbegin(e->s);
+	assert_int_equal(
+		store_placement_declare(t, "q1", 0, 0, 3, 5, &p, &created), 0);
+	assert_true(created);
+	assert_false(p.deleted);
+	assert_int_equal(p.gen, 5);
+	assert_int_equal(store_commit(t), 0);
 }
 
 static int count_placement_cb(void *arg, const char *name,
@@ -849,11 +866,12 @@ static void placement_foreach_visits_every_queue(void **state)
 	unsigned n = 0;
 	bool created;
 
-	assert_int_equal(store_placement_declare(t, "a", 0, 0, 1, &p, &created),
-			 0);
-	assert_int_equal(store_placement_declare(t, "b", 0, 0, 1, &p, &created),
-			 0);
-	assert_int_equal(store_placement_declare(t, "c", 0, 0, 0, &p, &created),
+	assert_int_equal(
+		store_placement_declare(t, "a", 0, 0, 1, 1, &p, &created), 0);
+	assert_int_equal(
+		store_placement_declare(t, "b", 0, 0, 1, 1, &p, &created), 0);
+	assert_int_equal(store_placement_declare(t, "c", 0, 0, 0, 1, &p,
+						 &created),
 			 RMQ_EINVAL);
 	assert_int_equal(store_placement_foreach(t, count_placement_cb, &n), 0);
 	assert_int_equal(n, 2);
@@ -932,7 +950,7 @@ static void populate(struct store *s)
 	t = wbegin(s);
 	assert_int_equal(store_remove(t, "alpha", &seq, 1, 3), 0);
 	assert_int_equal(store_node_put(t, &n), 0);
-	assert_int_equal(store_placement_declare(t, "alpha", 100, 0, 2, &p,
+	assert_int_equal(store_placement_declare(t, "alpha", 100, 0, 2, 1, &p,
 						 &created),
 			 0);
 	assert_int_equal(store_applied_set(t, 1234), 0);
