@@ -24,7 +24,8 @@
 #define RMQ_MSG_MAX 256
 #define RMQ_TICK_MS 5          /* settle batching, deadlines, backoffs */
 #define RMQ_TOPO_MIN_GAP_MS 50 /* between two topology refreshes */
-#define RMQ_NOTFOUND_RETRY_MS 3000
+#define RMQ_NOTFOUND_RETRY_MS \
+	10000 /* a lagging node may not know a new queue yet */
 
 /* ---- Intrusive doubly-linked list ---------------------------------------- */
 

@@ -73,6 +73,11 @@ struct fsm_raft {
 	uint32_t shard_id;
 	size_t snapshot_max_bytes;
 	bool too_large_logged;
+	/* Optional: after a snapshot replaced the store; after a fatal apply
+	 * fault (raft will not apply on this node any more). */
+	void (*restored_cb)(void *arg);
+	void (*fatal_cb)(void *arg);
+	void *cb_arg;
 };
 void fsm_raft_init(struct fsm_raft *fr, struct fsm *f, struct store *s,
 		   struct raft *raft, uint32_t shard_id, size_t snapshot_max);

@@ -88,6 +88,22 @@ static void applied_cb(void *data, const struct fsm_result *r)
 	}
 }
 
+static void restored_cb(void *arg)
+{
+	struct shard *s = arg;
+	if (s->hooks.restored != NULL) {
+		s->hooks.restored(s->hooks.data, s);
+	}
+}
+
+static void fatal_cb(void *arg)
+{
+	struct shard *s = arg;
+	if (s->hooks.fatal != NULL) {
+		s->hooks.fatal(s->hooks.data, s);
+	}
+}
+
 static int make_dir(const char *path)
 {
 	if (mkdir(path, 0750) != 0 && errno != EEXIST) {
@@ -146,6 +162,9 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	}
 	fsm_raft_init(&s->rfsm, s->fsm, s->store, &s->raft, c->id,
 		      c->snapshot_max_bytes);
+	s->rfsm.restored_cb = restored_cb;
+	s->rfsm.fatal_cb = fatal_cb;
+	s->rfsm.cb_arg = s;
 
 	snprintf(path, sizeof path, "%s/raft", s->dir);
 	rv = make_dir(path);
@@ -172,8 +191,9 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	if (rv != 0) {
 		fprintf(stderr, "raftmq: shard %u: raft_init: %s\n", c->id,
 			raft_errmsg(&s->raft));
+		/* raft_init already initialized the transport through the io:
+		 * it is released with the io, not by us. */
 		raft_uv_close(&s->io);
-		peer_net_transport_release(&s->transport);
 		rv = err_from_raft(rv);
 		goto err_after_fsm;
 	}
@@ -182,6 +202,13 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	raft_set_heartbeat_timeout(&s->raft, c->heartbeat_timeout_ms);
 	raft_set_snapshot_threshold(&s->raft, c->snapshot_threshold);
 	raft_set_snapshot_trailing(&s->raft, c->snapshot_trailing);
+	/* raft 0.15 waits this long before sending a snapshot again when the
+	 * last attempt went unanswered (its default is 30 s): a follower that
+	 * was down while the leader first tried would lag that long. */
+	raft_set_install_snapshot_timeout(&s->raft,
+					  2 * c->election_timeout_ms > 2000
+						  ? 2 * c->election_timeout_ms
+						  : 2000);
 	*out = s;
 	return 0;
 
@@ -253,7 +280,10 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 {
 	struct shard_apply *a = req->data;
 	a->shard->inflight--;
-	a->cb(a->data, err_from_raft(status),
+	/* Once raft accepted the entry, any failure (leadership lost, a failed
+	 * local append) leaves the outcome unknown: the entry may have reached
+	 * followers and commit under a later leader. */
+	a->cb(a->data, status == 0 ? 0 : RMQ_ELEADERLOST,
 	      status == 0 ? (const struct fsm_result *)result : NULL);
 	free(a);
 }

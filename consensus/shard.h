@@ -58,6 +58,12 @@ struct shard_hooks {
 	/* Role or term changed. */
 	void (*role)(void *data, struct shard *s, enum shard_role role,
 		     uint64_t term);
+	/* A snapshot from the leader replaced the shard's state. */
+	void (*restored)(void *data, struct shard *s);
+	/* Applying failed for good on this node (it is logged): the owner
+	 * should stop the node so that others take over. Called from inside
+	 * raft: defer the actual work. */
+	void (*fatal)(void *data, struct shard *s);
 };
 
 int shard_open(uv_loop_t *loop, struct peer_net *net,

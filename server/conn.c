@@ -71,6 +71,15 @@ static void conn_close_now(struct conn *c)
 	uv_close((uv_handle_t *)&c->tcp, close_cb);
 }
 
+/* Drop pending output and close at the next conn_flush() from the loop:
+ * never inside a caller that may still be using the connection. */
+static void conn_abort_later(struct conn *c)
+{
+	c->closing = true;
+	c->close_after_flush = true;
+	c->out_len = 0;
+}
+
 static void write_cb(uv_write_t *req, int status)
 {
 	struct conn *c = req->data;
@@ -143,7 +152,7 @@ void conn_send(struct conn *c, const Rmq__ServerFrame *f)
 	size_t len = rmq__server_frame__get_packed_size(f);
 	if (out_append(c, len + RMQ_FRAME_HEADER, &dst) != 0) {
 		LOGW("client %s: out of memory, closing", c->peer);
-		conn_close_now(c);
+		conn_abort_later(c);
 		return;
 	}
 	codec_put_u32be(dst, (uint32_t)len);

@@ -174,6 +174,20 @@ static void shard_role_hook(void *data, struct shard *s, enum shard_role role,
 	queues_role(n, s, role);
 }
 
+static void shard_restored_hook(void *data, struct shard *s)
+{
+	queues_restored(data, s);
+}
+
+static void shard_fatal_hook(void *data, struct shard *s)
+{
+	struct node *n = data;
+	LOGE("node %" PRIu64 ": shard %u cannot apply entries any more; "
+	     "stopping so that the other replicas take over",
+	     n->cfg.id, shard_id(s));
+	n->fatal = true; /* acted on outside raft, in prepare_cb */
+}
+
 /* A raft entry must fit in one log segment: the largest batch is
  * batch_max_bytes plus one message of max_message_size. */
 static size_t segment_size(const struct config *c)
@@ -216,6 +230,8 @@ static int open_shards(struct node *n)
 			.data = n,
 			.applied = shard_applied_hook,
 			.role = shard_role_hook,
+			.restored = shard_restored_hook,
+			.fatal = shard_fatal_hook,
 		};
 		snprintf(dir, sizeof dir, "%s/shard-%u", n->cfg.data_dir, i);
 		rv = shard_open(n->loop, n->net, &sc, &hooks, &n->shards[i]);
@@ -260,13 +276,19 @@ static void prepare_cb(uv_prepare_t *h)
 	if (n->stopping) {
 		return;
 	}
+	if (n->fatal) {
+		node_stop(n, 1);
+		return;
+	}
 	for (unsigned i = 0; i < n->n_shards; i++) {
 		shard_poll(n->shards[i]);
 	}
 	for (unsigned i = 0; i < n->n_shards; i++) {
 		queues_flush(n, i);
 	}
-	for (struct conn *c = n->conns; c != NULL; c = c->next) {
+	struct conn *next;
+	for (struct conn *c = n->conns; c != NULL; c = next) {
+		next = c->next; /* conn_flush() may close and unlink c */
 		conn_flush(c);
 	}
 }

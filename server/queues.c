@@ -38,14 +38,14 @@ struct consumer {
 struct queue {
 	char name[STORE_MAX_NAME + 1];
 	uint32_t shard;
-	bool placed; /* the meta shard has it */
-	struct store_placement placement;
-	bool stored; /* our replica of the data shard has it */
+	bool placed; /* the meta shard has it (not deleted) */
+	struct store_placement placement; /* or its tombstone */
+	bool stored; /* our replica of @shard holds a state for this name */
+	uint64_t stored_gen; /* the incarnation of that state */
 	uint32_t qid;
 	uint64_t count;
 	uint64_t bytes;
 	uint64_t stored_delivered_upto;
-	bool reconcile_pending;
 
 	/* Leader state (valid while active). */
 	bool active;
@@ -76,6 +76,13 @@ struct meta_request {
 	int type; /* RMQ__REQUEST__BODY_DECLARE / _DELETE */
 	char name[STORE_MAX_NAME + 1];
 };
+
+/* The queue can be served: placed, and our replica of its shard holds the
+ * state of this incarnation. */
+static bool q_ready(const struct queue *q)
+{
+	return q->placed && q->stored && q->stored_gen == q->placement.gen;
+}
 
 /* ---- queue table ------------------------------------------------------ */
 
@@ -155,20 +162,6 @@ static void queue_free(struct queue *q)
 	free(q->redeliver);
 	free(q->consumers);
 	free(q);
-}
-
-static void table_remove(struct node *n, struct queue *q)
-{
-	struct queue_table *t = &n->queues;
-	struct queue **pp = &t->buckets[hash_name(q->name, t->n_buckets)];
-	for (; *pp != NULL; pp = &(*pp)->hnext) {
-		if (*pp == q) {
-			*pp = q->hnext;
-			t->n--;
-			queue_free(q);
-			return;
-		}
-	}
 }
 
 #define TABLE_FOREACH(n, q)                                      \
@@ -351,9 +344,7 @@ static void deliver(struct node *n, struct queue *q)
 	struct store_msg m;
 	struct consumer *k;
 
-	if (!q->active || q->n_consumers == 0 || !q->stored) {
-		LOGD("deliver %s: active %d consumers %zu stored %d", q->name,
-		     q->active, q->n_consumers, q->stored);
+	if (n->stopping || !q->active || q->n_consumers == 0 || !q_ready(q)) {
 		return;
 	}
 	if (store_begin(shard_store(n->shards[q->shard]), false, &t) != 0) {
@@ -370,9 +361,6 @@ static void deliver(struct node *n, struct queue *q)
 			again = true;
 		} else {
 			if (store_msg_next(t, q->qid, q->cursor, &m) != 0) {
-				LOGD("deliver %s: nothing from %" PRIu64
-				     " (qid %u, count %" PRIu64 ")",
-				     q->name, q->cursor, q->qid, q->count);
 				break;
 			}
 			q->cursor = m.seq + 1;
@@ -397,16 +385,22 @@ static void deliver(struct node *n, struct queue *q)
 /* Return every delivery held by @k to the ready set. */
 static void consumer_return_all(struct queue *q, struct consumer *k)
 {
-	for (size_t i = 0; i < q->inflight.cap && k->unacked > 0; i++) {
+	/* Collect first: deleting shifts entries of the open-addressing map. */
+	uint64_t *seqs = k->unacked > 0 ? malloc(k->unacked * sizeof *seqs)
+					: NULL;
+	size_t n = 0;
+	for (size_t i = 0; i < q->inflight.cap && seqs != NULL; i++) {
 		struct seqmap_slot *s = &q->inflight.slots[i];
-		if (s->key != 0 && s->value == k) {
-			uint64_t seq = s->key;
-			seqmap_del(&q->inflight, seq);
-			redeliver_add(q, seq);
-			k->unacked--;
-			i = (size_t)-1; /* deletion shifts entries: rescan */
+		if (s->key != 0 && s->value == k && n < k->unacked) {
+			seqs[n++] = s->key;
 		}
 	}
+	for (size_t i = 0; i < n; i++) {
+		seqmap_del(&q->inflight, seqs[i]);
+		redeliver_add(q, seqs[i]);
+	}
+	free(seqs);
+	k->unacked = 0;
 }
 
 static void consumer_detach(struct queue *q, struct consumer *k)
@@ -446,18 +440,19 @@ static void end_consumer(struct consumer *k, int err, const char *why)
 	e.reason = &r;
 	f.kind_case = RMQ__SERVER_FRAME__KIND_ENDED;
 	f.ended = &e;
-	conn_send(k->conn, &f);
 	conn_unlink_consumer(k->conn, k);
+	conn_send(k->conn, &f);
 	free(k);
 }
 
 /* Leave leader state: consumers end, in-flight state is forgotten. */
 static void queue_deactivate(struct queue *q, int err, const char *why)
 {
-	for (size_t i = 0; i < q->n_consumers; i++) {
+	size_t n = q->n_consumers;
+	q->n_consumers = 0;
+	for (size_t i = 0; i < n; i++) {
 		end_consumer(q->consumers[i], err, why);
 	}
-	q->n_consumers = 0;
 	q->rr = 0;
 	seqmap_close(&q->inflight);
 	q->n_redeliver = 0;
@@ -521,6 +516,19 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 	for (size_t i = 0; i < pr->n; i++) {
 		struct pending *p = &pr->items[i];
 		struct conn *c = p->conn;
+		if (status != 0 && p->type == PENDING_SETTLE &&
+		    p->queue->active) {
+			/* Not applied (or not known to be): the messages are
+			 * neither in flight nor removed; make them ready. */
+			const Rmq__SettleReq *sr = p->req->settle;
+			for (size_t k = 0; k < sr->n_seqs; k++) {
+				if (seqmap_get(&p->queue->inflight,
+					       sr->seqs[k]) == NULL) {
+					redeliver_add(p->queue, sr->seqs[k]);
+				}
+			}
+			deliver(n, p->queue);
+		}
 		if (!conn_alive(c)) {
 			pending_release(p);
 			continue;
@@ -696,7 +704,7 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 	for (size_t i = 0; i < b->n; i++) {
 		struct pending *p = &b->items[i];
 		struct queue *q = p->queue;
-		if (!q->stored && p->type == PENDING_PUBLISH) {
+		if (!q->stored && q->placed && p->type == PENDING_PUBLISH) {
 			rv = builder_op(bl, q, 0, &idx);
 			if (rv != 0) {
 				return rv;
@@ -713,6 +721,7 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 					q->placement.max_length;
 				op->create->max_message_size =
 					q->placement.max_message_size;
+				op->create->gen = q->placement.gen;
 				op->kind_case = RMQC__OP__KIND_CREATE;
 			}
 		}
@@ -788,7 +797,7 @@ void queues_flush(struct node *n, unsigned i)
 	struct proposal *pr;
 	int rv;
 
-	if (b->n == 0) {
+	if (b->n == 0 || n->stopping) {
 		return;
 	}
 	if (shard_role(n->shards[i]) != SHARD_LEADER) {
@@ -824,11 +833,15 @@ void queues_flush(struct node *n, unsigned i)
 						: codec_strerror(rv));
 		free(b->items);
 	} else {
-		/* The proposal owns the items; drop the decoded requests now
-		 * that their bytes are packed into the entry. */
+		/* The proposal owns the items; drop the decoded publishes
+		 * now that their bytes are packed into the entry. Settles
+		 * keep their seqs in case the entry fails. */
 		for (size_t k = 0; k < b->n; k++) {
-			rmq__request__free_unpacked(b->items[k].req, NULL);
-			b->items[k].req = NULL;
+			if (b->items[k].type == PENDING_PUBLISH) {
+				rmq__request__free_unpacked(b->items[k].req,
+							    NULL);
+				b->items[k].req = NULL;
+			}
 		}
 	}
 	b->items = NULL;
@@ -983,6 +996,12 @@ static bool handle_publish(struct node *n, struct conn *c, Rmq__Request *req)
 	if (!check_leader(n, c, req->id, q->shard)) {
 		return false;
 	}
+	if (q->stored && q->stored_gen != q->placement.gen) {
+		snprintf(msg, sizeof msg, "queue %s is being recreated, retry",
+			 q->name);
+		conn_send_error(c, req->id, RMQ_EUNAVAIL, msg);
+		return false;
+	}
 	if (shard_full(n, q->shard, p->body.len)) {
 		snprintf(msg, sizeof msg,
 			 "store of shard %u is full (map_size_mb)", q->shard);
@@ -1057,7 +1076,7 @@ static void handle_subscribe(struct node *n, struct conn *c,
 	if (!check_leader(n, c, req->id, q->shard)) {
 		return;
 	}
-	if (!q->stored || !q->active) {
+	if (!q_ready(q) || !q->active) {
 		snprintf(msg, sizeof msg, "queue %s is not ready yet, retry",
 			 s->queue);
 		conn_send_error(c, req->id, RMQ_EUNAVAIL, msg);
@@ -1342,25 +1361,60 @@ static uint64_t footprint(const struct queue *q)
 	return q->stored ? q->bytes + q->count * 128 : 0;
 }
 
+/* Re-read our replica's state of @q on its shard (@t is a read txn on
+ * that shard's store). */
 static void refresh_stored(struct node *n, struct store_txn *t, struct queue *q)
 {
 	struct store_queue sq;
 	n->shard_bytes[q->shard] -= footprint(q);
-	int rv = store_queue_get(t, q->name, &sq);
-	if (rv == 0) {
+	if (store_queue_get(t, q->name, &sq) == 0) {
 		q->stored = true;
+		q->stored_gen = sq.gen;
 		q->qid = sq.qid;
 		q->count = sq.count;
 		q->bytes = sq.bytes;
 		q->stored_delivered_upto = sq.delivered_upto;
 		n->shard_bytes[q->shard] += footprint(q);
+	} else {
+		q->stored = false;
+		q->count = q->bytes = 0;
+	}
+	if (q->active && !q_ready(q)) {
+		queue_deactivate(q, RMQ_ENOTFOUND, "queue deleted");
+	}
+}
+
+static void refresh_stored_now(struct node *n, struct queue *q)
+{
+	struct store_txn *t;
+	if (q->shard == 0 || q->shard >= n->n_shards ||
+	    store_begin(shard_store(n->shards[q->shard]), false, &t) != 0) {
 		return;
 	}
-	bool was = q->stored;
-	q->stored = false;
-	q->count = q->bytes = 0;
-	if (was && q->active) {
-		queue_deactivate(q, RMQ_ENOTFOUND, "queue deleted");
+	refresh_stored(n, t, q);
+	store_abort(t);
+}
+
+/* Adopt the meta shard's placement (or tombstone) @p for @q. A state our
+ * replica holds on another shard is left to that shard's reconciliation. */
+static void queue_set_placement(struct node *n, struct queue *q,
+				const struct store_placement *p)
+{
+	bool moved = p->shard != q->shard;
+	if (moved) {
+		n->shard_bytes[q->shard] -= footprint(q);
+		q->stored = false;
+		q->count = q->bytes = 0;
+	}
+	q->placement = *p;
+	q->placed = !p->deleted;
+	q->shard = p->shard;
+	if (q->active && (moved || !q_ready(q))) {
+		queue_deactivate(q, RMQ_ENOTFOUND,
+				 q->placed ? "queue moved" : "queue deleted");
+	}
+	if (moved && !p->deleted) {
+		refresh_stored_now(n, q);
 	}
 }
 
@@ -1380,6 +1434,22 @@ static const char *op_queue(const Rmqc__Op *op)
 	}
 }
 
+static void peer_from_record(struct node *n, const struct store_node *sn)
+{
+	struct peer_info *p = node_peer(n, sn->id, true);
+	if (p == NULL) {
+		return;
+	}
+	if (p->client_address[0] == '\0' ||
+	    strcmp(p->client_address, sn->client_address) == 0) {
+		snprintf(p->client_address, sizeof p->client_address, "%s",
+			 sn->client_address);
+		snprintf(p->peer_address, sizeof p->peer_address, "%s",
+			 sn->peer_address);
+		p->registered = true;
+	}
+}
+
 static void applied_meta(struct node *n, const struct fsm_result *r)
 {
 	for (size_t i = 0; i < r->cmd->n_ops; i++) {
@@ -1391,34 +1461,25 @@ static void applied_meta(struct node *n, const struct fsm_result *r)
 		if (op->kind_case == RMQC__OP__KIND_DECLARE) {
 			struct queue *q = table_add(n, op->declare->queue);
 			if (q != NULL) {
-				q->placed = true;
-				q->placement = o->placement;
-				q->shard = o->placement.shard;
+				queue_set_placement(n, q, &o->placement);
 			}
 		} else if (op->kind_case == RMQC__OP__KIND_UNDECLARE) {
 			struct queue *q = table_get(n, op->undeclare->queue);
 			if (q != NULL) {
-				q->placed = false;
-				if (!q->stored) {
-					table_remove(n, q);
-				}
+				struct store_placement p = q->placement;
+				p.deleted = true;
+				p.gen = r->index;
+				queue_set_placement(n, q, &p);
 			}
 		} else if (op->kind_case == RMQC__OP__KIND_NODE) {
-			struct peer_info *p = node_peer(n, op->node->id, true);
-			if (p == NULL) {
-				continue;
-			}
-			if (strcmp(p->client_address,
-				   op->node->client_address) == 0 ||
-			    p->client_address[0] == '\0') {
-				snprintf(p->client_address,
-					 sizeof p->client_address, "%s",
-					 op->node->client_address);
-				snprintf(p->peer_address,
-					 sizeof p->peer_address, "%s",
-					 op->node->peer_address);
-				p->registered = true;
-			}
+			struct store_node sn;
+			memset(&sn, 0, sizeof sn);
+			sn.id = op->node->id;
+			snprintf(sn.client_address, sizeof sn.client_address,
+				 "%s", op->node->client_address);
+			snprintf(sn.peer_address, sizeof sn.peer_address, "%s",
+				 op->node->peer_address);
+			peer_from_record(n, &sn);
 		}
 	}
 }
@@ -1441,20 +1502,14 @@ void queues_applied(struct node *n, struct shard *s, const struct fsm_result *r)
 	for (size_t i = 0; i < r->cmd->n_ops; i++) {
 		const Rmqc__Op *op = r->cmd->ops[i];
 		const char *name = op_queue(op);
-		struct queue *q = name != NULL ? table_add(n, name) : NULL;
-		if (q == NULL) {
-			continue;
+		struct queue *q = name != NULL ? table_get(n, name) : NULL;
+		if (q == NULL || q->shard != id) {
+			continue; /* not placed here (yet): reconciliation */
 		}
-		if (!q->placed) {
-			q->shard = id;
-		}
-		if (q->shard != id) {
-			continue; /* stale state of an older placement */
-		}
-		bool was_stored = q->stored;
+		bool was_ready = q_ready(q);
 		refresh_stored(n, t, q);
 		if (shard_role(s) == SHARD_LEADER) {
-			if (q->stored && !was_stored && !q->active) {
+			if (q_ready(q) && !was_ready && !q->active) {
 				queue_activate(q);
 			}
 			if (op->kind_case == RMQC__OP__KIND_SETTLE) {
@@ -1465,10 +1520,6 @@ void queues_applied(struct node *n, struct shard *s, const struct fsm_result *r)
 					redeliver_remove(q, seq);
 				}
 			}
-		}
-		if (!q->stored && !q->placed) {
-			table_remove(n, q);
-			continue;
 		}
 		if (q->active) {
 			deliver(n, q);
@@ -1488,7 +1539,7 @@ void queues_role(struct node *n, struct shard *s, enum shard_role role)
 		if (q->shard != id) {
 			continue;
 		}
-		if (role == SHARD_LEADER && q->stored && !q->active) {
+		if (role == SHARD_LEADER && q_ready(q) && !q->active) {
 			queue_activate(q);
 		} else if (role != SHARD_LEADER && q->active) {
 			queue_deactivate(q, RMQ_ENOTLEADER,
@@ -1497,66 +1548,189 @@ void queues_role(struct node *n, struct shard *s, enum shard_role role)
 	}
 }
 
-/* ---- periodic work ------------------------------------------------------ */
-
-static void reconcile_cb(void *data, int status, const struct fsm_result *r)
+static int load_placement(void *arg, const char *name,
+			  const struct store_placement *p)
 {
-	struct node *n = data;
-	(void)status;
-	(void)r;
+	struct node *n = arg;
+	struct queue *q = table_add(n, name);
+	if (q == NULL) {
+		return RMQ_ENOMEM;
+	}
+	queue_set_placement(n, q, p);
+	return 0;
+}
+
+static int load_node(void *arg, const struct store_node *sn)
+{
+	peer_from_record(arg, sn);
+	return 0;
+}
+
+static int load_meta(struct node *n)
+{
+	struct store_txn *t;
+	int rv = store_begin(shard_store(n->shards[0]), false, &t);
+	if (rv != 0) {
+		return rv;
+	}
+	rv = store_placement_foreach(t, load_placement, n);
+	if (rv == 0) {
+		rv = store_node_foreach(t, load_node, n);
+	}
+	store_abort(t);
+	return rv;
+}
+
+/* Recount what our replica of data shard @id holds for the queues placed
+ * on it. */
+static int load_shard(struct node *n, unsigned id)
+{
+	struct store_txn *t;
+	int rv = store_begin(shard_store(n->shards[id]), false, &t);
+	if (rv != 0) {
+		return rv;
+	}
+	n->shard_bytes[id] = 0;
 	TABLE_FOREACH(n, q)
 	{
-		q->reconcile_pending = false;
+		if (q->shard == id) {
+			q->stored = false; /* its bytes were reset above */
+			refresh_stored(n, t, q);
+		}
+	}
+	store_abort(t);
+	return 0;
+}
+
+/* A snapshot replaced the state of shard @s: rebuild our view of it. */
+void queues_restored(struct node *n, struct shard *s)
+{
+	unsigned id = shard_id(s);
+	int rv;
+	if (id == 0) {
+		rv = load_meta(n);
+		for (unsigned i = 1; i < n->n_shards && rv == 0; i++) {
+			rv = load_shard(n, i);
+		}
+	} else {
+		rv = load_shard(n, id);
+	}
+	if (rv != 0) {
+		LOGE("shard %u: rebuilding state after a snapshot: %s", id,
+		     codec_strerror(rv));
 	}
 }
 
-/* On shards we lead: create queues the meta shard placed here, delete
- * those it no longer has. */
+/* ---- periodic work ------------------------------------------------------ */
+
+struct reconcile {
+	struct node *node;
+	unsigned shard;
+};
+
+static void reconcile_cb(void *data, int status, const struct fsm_result *r)
+{
+	struct reconcile *rc = data;
+	(void)status;
+	(void)r;
+	rc->node->reconciling[rc->shard] = false;
+	free(rc);
+}
+
+struct reconcile_scan {
+	struct node *n;
+	unsigned shard;
+	Rmqc__Op *ops;
+	Rmqc__DeleteQueueOp *del;
+	char (*names)[STORE_MAX_NAME + 1];
+	size_t k, cap;
+};
+
+/* A state stored on this shard is deleted once the meta shard (as our
+ * node knows it) has a newer incarnation or a delete of that name. A name
+ * our node has not heard of is left alone: our meta replica may lag. */
+static int reconcile_visit(void *arg, const char *name,
+			   const struct store_queue *sq)
+{
+	struct reconcile_scan *rs = arg;
+	struct queue *q = table_get(rs->n, name);
+	if (rs->k == rs->cap || q == NULL) {
+		return 0;
+	}
+	if (q->placement.gen <= sq->gen) {
+		return 0; /* current (or newer than what we know) */
+	}
+	snprintf(rs->names[rs->k], sizeof rs->names[rs->k], "%s", name);
+	rmqc__delete_queue_op__init(&rs->del[rs->k]);
+	rs->del[rs->k].queue = rs->names[rs->k];
+	rmqc__op__init(&rs->ops[rs->k]);
+	rs->ops[rs->k].kind_case = RMQC__OP__KIND_DELETE;
+	rs->ops[rs->k].delete_ = &rs->del[rs->k];
+	rs->k++;
+	return 0;
+}
+
+#define RECONCILE_MAX 64
+
+/* On a shard we lead: delete states of deleted or superseded incarnations,
+ * then create the queues the meta shard placed here. */
 static void reconcile_shard(struct node *n, unsigned id)
 {
-	Rmqc__Op ops[64];
-	Rmqc__Op *opp[64];
-	Rmqc__CreateQueueOp cr[64];
-	Rmqc__DeleteQueueOp de[64];
-	size_t k = 0;
+	Rmqc__Op ops[RECONCILE_MAX];
+	Rmqc__Op *opp[RECONCILE_MAX];
+	Rmqc__DeleteQueueOp del[RECONCILE_MAX];
+	Rmqc__CreateQueueOp cr[RECONCILE_MAX];
+	static char names[RECONCILE_MAX][STORE_MAX_NAME + 1];
+	struct reconcile_scan rs = {n, id, ops, del, names, 0, RECONCILE_MAX};
+	struct store_txn *t;
 
-	TABLE_FOREACH(n, q)
-	{
-		if (k == 64) {
-			break;
-		}
-		if (q->shard != id || q->reconcile_pending) {
-			continue;
-		}
-		rmqc__op__init(&ops[k]);
-		if (q->placed && !q->stored) {
+	if (n->reconciling[id] ||
+	    store_begin(shard_store(n->shards[id]), false, &t) != 0) {
+		return;
+	}
+	store_queue_foreach(t, reconcile_visit, &rs);
+	store_abort(t);
+	size_t k = rs.k;
+	if (k == 0) {
+		TABLE_FOREACH(n, q)
+		{
+			if (k == RECONCILE_MAX) {
+				break;
+			}
+			if (!q->placed || q->shard != id || q->stored) {
+				continue;
+			}
 			rmqc__create_queue_op__init(&cr[k]);
 			cr[k].queue = q->name;
 			cr[k].max_length = q->placement.max_length;
 			cr[k].max_message_size = q->placement.max_message_size;
+			cr[k].gen = q->placement.gen;
+			rmqc__op__init(&ops[k]);
 			ops[k].kind_case = RMQC__OP__KIND_CREATE;
 			ops[k].create = &cr[k];
-		} else if (!q->placed && q->stored) {
-			rmqc__delete_queue_op__init(&de[k]);
-			de[k].queue = q->name;
-			ops[k].kind_case = RMQC__OP__KIND_DELETE;
-			ops[k].delete_ = &de[k];
-		} else {
-			continue;
+			k++;
 		}
-		q->reconcile_pending = true;
-		opp[k] = &ops[k];
-		k++;
 	}
 	if (k == 0) {
 		return;
 	}
+	for (size_t i = 0; i < k; i++) {
+		opp[i] = &ops[i];
+	}
 	Rmqc__Command cmd = RMQC__COMMAND__INIT;
 	cmd.ops = opp;
 	cmd.n_ops = k;
-	if (shard_propose(n->shards[id], &cmd, reconcile_cb, n) != 0) {
-		reconcile_cb(n, 0, NULL);
+	struct reconcile *rc = malloc(sizeof *rc);
+	if (rc == NULL) {
+		return;
 	}
+	rc->node = n;
+	rc->shard = id;
+	if (shard_propose(n->shards[id], &cmd, reconcile_cb, rc) != 0) {
+		free(rc);
+		return;
+	}
+	n->reconciling[id] = true;
 }
 
 static bool meta_reg_inflight;
@@ -1649,84 +1823,11 @@ void queues_tick(struct node *n)
 
 /* ---- load and close ----------------------------------------------------- */
 
-static int load_placement(void *arg, const char *name,
-			  const struct store_placement *p)
-{
-	struct node *n = arg;
-	struct queue *q = table_add(n, name);
-	if (q == NULL) {
-		return RMQ_ENOMEM;
-	}
-	q->placed = true;
-	q->placement = *p;
-	q->shard = p->shard;
-	return 0;
-}
-
-static int load_node(void *arg, const struct store_node *sn)
-{
-	struct node *n = arg;
-	struct peer_info *p = node_peer(n, sn->id, true);
-	if (p != NULL && p->client_address[0] == '\0') {
-		snprintf(p->client_address, sizeof p->client_address, "%s",
-			 sn->client_address);
-		snprintf(p->peer_address, sizeof p->peer_address, "%s",
-			 sn->peer_address);
-		p->registered = true;
-	} else if (p != NULL) {
-		p->registered = strcmp(p->client_address, sn->client_address) ==
-				0;
-	}
-	return 0;
-}
-
-struct load_ctx {
-	struct node *n;
-	unsigned shard;
-};
-
-static int load_stored(void *arg, const char *name,
-		       const struct store_queue *sq)
-{
-	struct load_ctx *ctx = arg;
-	struct queue *q = table_add(ctx->n, name);
-	if (q == NULL) {
-		return RMQ_ENOMEM;
-	}
-	if (!q->placed) {
-		q->shard = ctx->shard;
-	}
-	if (q->shard == ctx->shard) {
-		q->stored = true;
-		q->qid = sq->qid;
-		q->count = sq->count;
-		q->bytes = sq->bytes;
-		q->stored_delivered_upto = sq->delivered_upto;
-		ctx->n->shard_bytes[q->shard] += footprint(q);
-	}
-	return 0;
-}
-
 int queues_load(struct node *n)
 {
-	struct store_txn *t;
-	int rv = store_begin(shard_store(n->shards[0]), false, &t);
-	if (rv != 0) {
-		return rv;
-	}
-	rv = store_placement_foreach(t, load_placement, n);
-	if (rv == 0) {
-		rv = store_node_foreach(t, load_node, n);
-	}
-	store_abort(t);
+	int rv = load_meta(n);
 	for (unsigned i = 1; i < n->n_shards && rv == 0; i++) {
-		struct load_ctx ctx = {n, i};
-		rv = store_begin(shard_store(n->shards[i]), false, &t);
-		if (rv != 0) {
-			break;
-		}
-		rv = store_queue_foreach(t, load_stored, &ctx);
-		store_abort(t);
+		rv = load_shard(n, i);
 	}
 	return rv;
 }

@@ -92,6 +92,8 @@ void queues_conn_closed(struct node *n, struct conn *c);
 void queues_applied(struct node *n, struct shard *s,
 		    const struct fsm_result *r);
 void queues_role(struct node *n, struct shard *s, enum shard_role role);
+/* A snapshot replaced the state of @s: rebuild the node's view of it. */
+void queues_restored(struct node *n, struct shard *s);
 /* Periodic work: create/delete queues in shards we lead, register nodes. */
 void queues_tick(struct node *n);
 int queues_load(struct node *n);
@@ -130,6 +132,8 @@ struct node {
 	size_t n_peers;
 	struct queue_table queues;
 	uint64_t shard_bytes[NODE_MAX_SHARDS]; /* stored, for admission */
+	bool reconciling[NODE_MAX_SHARDS];     /* a reconcile entry in flight */
+	bool fatal;                            /* a shard stopped applying */
 	uint64_t started_ms;
 	bool stopping;
 	int exit_code;
