@@ -13,6 +13,7 @@ PACKAGES=(
 	libprotobuf-c-dev protobuf-c-compiler
 	libcmocka-dev libinih-dev libcjson-dev libmicrohttpd-dev libssl-dev
 	python3 procps lmdb-utils clang-format
+	nftables fiu-utils libfiu-dev e2fsprogs util-linux
 )
 
 installed() {

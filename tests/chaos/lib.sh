@@ -1,0 +1,265 @@
+# shellcheck shell=bash
+# Shared helpers of the chaos suite (sourced by run.sh and the nemeses).
+#
+# A chaos cluster has three nodes; node N lives entirely on 127.0.0.N:
+#   client  127.0.0.N:BASE+1     peer (listener)  127.0.0.N:BASE+2
+#   http    127.0.0.N:BASE+3     peer via proxy   127.0.0.N:BASE+4 (delay)
+# and its outgoing peer connections come from 127.0.0.N (bind_address), so
+# nftables rules on addresses cut exactly the links between two nodes.
+#
+# Environment (set by run.sh, inherited by the nemeses):
+#   CHAOS_DIR        the run's results dir: nodeN/ (data), nodeN.log,
+#                    nodeN.ini, nodeN.pid, nemesis.jsonl, history.jsonl
+#   CHAOS_BIN        directory with raftmqd and raftmq
+#   CHAOS_PORT_BASE  default 19100
+#   CHAOS_PROXY      1: initial_cluster names the proxy ports (delay nemesis)
+#   CHAOS_EXTRA_CONFIG  INI text appended to every node's INI ("\n" = newline)
+# A file $CHAOS_DIR/nodeN.fiu holds a libfiu spec: node N then starts
+# under `fiu-run -x -c SPEC` (disk nemesis).
+
+CHAOS_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CHAOS_PORT_BASE=${CHAOS_PORT_BASE:-19100}
+CHAOS_PROXY=${CHAOS_PROXY:-0}
+CHAOS_NODES=(1 2 3)
+CHAOS_NFT_TABLE="inet raftmq_chaos"
+
+c_log() { echo "[$(date -u +%T)] chaos: $*" >&2; }
+
+node_ip() { echo "127.0.0.$1"; }
+client_addr() { echo "127.0.0.$1:$((CHAOS_PORT_BASE + 1))"; }
+peer_addr() { echo "127.0.0.$1:$((CHAOS_PORT_BASE + 2))"; }
+http_addr() { echo "127.0.0.$1:$((CHAOS_PORT_BASE + 3))"; }
+proxy_addr() { echo "127.0.0.$1:$((CHAOS_PORT_BASE + 4))"; }
+
+# The address other nodes use to reach node $1's peer port.
+advertised_peer_addr() {
+	if [[ $CHAOS_PROXY == 1 ]]; then proxy_addr "$1"; else peer_addr "$1"; fi
+}
+
+chaos_servers() {
+	local n s=""
+	for n in "${CHAOS_NODES[@]}"; do s+="${s:+,}$(client_addr "$n")"; done
+	echo "$s"
+}
+
+chaos_initial_cluster() {
+	local n s=""
+	for n in "${CHAOS_NODES[@]}"; do
+		s+="${s:+,}$n@$(advertised_peer_addr "$n")"
+	done
+	echo "$s"
+}
+
+# Record a nemesis event: nemesis_event NAME ACTION [JSON-FIELDS]
+nemesis_event() {
+	local name=$1 action=$2 extra=${3:-}
+	printf '{"t": %s, "op": "nemesis", "nemesis": "%s", "action": "%s"%s}\n' \
+		"$(date +%s.%N | cut -c1-14)" "$name" "$action" \
+		"${extra:+, $extra}" >>"$CHAOS_DIR/nemesis.jsonl"
+	c_log "nemesis $name $action ${extra}"
+}
+
+# pid of node $1 if running, else nothing.
+node_pid() {
+	local f=$CHAOS_DIR/node$1.pid pid
+	[[ -f $f ]] || return 0
+	pid=$(<"$f")
+	if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q raftmqd; then
+		echo "$pid"
+	fi
+}
+
+write_ini() {
+	local n=$1
+	{
+		echo "[node]"
+		echo "id = $n"
+		echo "data_dir = $CHAOS_DIR/node$n"
+		echo "client_address = $(client_addr "$n")"
+		echo "peer_address = $(peer_addr "$n")"
+		echo "http_address = $(http_addr "$n")"
+		echo "bind_address = $(node_ip "$n")"
+		echo "log_level = ${CHAOS_LOG_LEVEL:-info}"
+		echo "[cluster]"
+		echo "name = chaos"
+		echo "initial_cluster = $(chaos_initial_cluster)"
+		if [[ -n ${CHAOS_EXTRA_CONFIG:-} ]]; then
+			printf '%b\n' "$CHAOS_EXTRA_CONFIG"
+		fi
+	} >"$CHAOS_DIR/node$n.ini"
+}
+
+# Start node $1 (no-op if running). With a file nodeN.fiu it runs under
+# `fiu-run -x` (libfiu's POSIX preload, remote control by fiu-ctrl), plus
+# `-c SPEC` if the file holds a spec. A wrapper shell waits for raftmqd
+# and appends its exit status to the log (a node that dies on its own
+# leaves "exited with status N": 134 abort, 139 segfault, 137 SIGKILL).
+start_node() {
+	local n=$1 pid wrap=() log=$CHAOS_DIR/node$n.log pidf=$CHAOS_DIR/node$n.pid i
+	pid=$(node_pid "$n")
+	[[ -z $pid ]] || return 0
+	mkdir -p "$CHAOS_DIR/node$n"
+	write_ini "$n"
+	if [[ -f $CHAOS_DIR/node$n.fiu ]]; then
+		wrap=(fiu-run -x)
+		[[ -s $CHAOS_DIR/node$n.fiu ]] && wrap+=(-c "$(<"$CHAOS_DIR/node$n.fiu")")
+	fi
+	echo "==== chaos: starting node $n at $(date -u +%FT%T.%3NZ) ${wrap[*]} ====" >>"$log"
+	rm -f "$pidf"
+	setsid bash -c '
+		log=$1 pidf=$2
+		shift 2
+		"$@" </dev/null >>"$log" 2>&1 &
+		echo $! >"$pidf.tmp" && mv "$pidf.tmp" "$pidf"
+		wait $!
+		echo "==== chaos: raftmqd exited with status $? at $(date -u +%FT%T.%3NZ) ====" >>"$log"
+	' chaos-node "$log" "$pidf" ${wrap[@]+"${wrap[@]}"} "$CHAOS_BIN/raftmqd" \
+		--config "$CHAOS_DIR/node$n.ini" </dev/null >/dev/null 2>&1 &
+	disown $! 2>/dev/null || true # no "Killed" notes from bash
+	for ((i = 0; i < 100; i++)); do
+		[[ -f $pidf ]] && break
+		sleep 0.02
+	done
+}
+
+# SIGKILL node $1 and wait until it is gone.
+kill_node() {
+	local n=$1 pid i
+	pid=$(node_pid "$n")
+	[[ -n $pid ]] || return 0
+	kill -CONT "$pid" 2>/dev/null || true
+	kill -KILL "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	rm -f "$CHAOS_DIR/node$n.pid" "/tmp/fiu-ctrl-$pid.in" "/tmp/fiu-ctrl-$pid.out"
+	echo "==== chaos: node $n killed at $(date -u +%FT%T.%3NZ) ====" \
+		>>"$CHAOS_DIR/node$n.log"
+}
+
+# SIGTERM every node, SIGKILL after 10 s.
+stop_all() {
+	local n pid pids=() i
+	for n in "${CHAOS_NODES[@]}"; do
+		pid=$(node_pid "$n")
+		[[ -n $pid ]] || continue
+		kill -CONT "$pid" 2>/dev/null || true
+		kill -TERM "$pid" 2>/dev/null || true
+		pids+=("$pid")
+	done
+	for ((i = 0; i < 100; i++)); do
+		local alive=0
+		for pid in ${pids[@]+"${pids[@]}"}; do
+			kill -0 "$pid" 2>/dev/null && alive=1
+		done
+		((alive)) || break
+		sleep 0.1
+	done
+	for pid in ${pids[@]+"${pids[@]}"}; do
+		kill -KILL "$pid" 2>/dev/null || true
+		rm -f "/tmp/fiu-ctrl-$pid.in" "/tmp/fiu-ctrl-$pid.out"
+	done
+	for n in "${CHAOS_NODES[@]}"; do rm -f "$CHAOS_DIR/node$n.pid"; done
+}
+
+rmq() { timeout 20 "$CHAOS_BIN/raftmq" --servers "$(chaos_servers)" "$@"; }
+
+# Print "ok" if every node is reachable and every shard has a leader, else
+# what is missing.
+cluster_ready() {
+	local out
+	out=$(rmq cluster status --json 2>&1) || {
+		echo "status failed: $(tail -n1 <<<"$out")"
+		return 1
+	}
+	python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+nodes, shards = d.get("nodes") or [], d.get("shards") or []
+down = [n.get("id") for n in nodes if not n.get("reachable")]
+nolead = [s.get("id") for s in shards if not s.get("leader")]
+if len(nodes) < 3 or down or not shards or nolead:
+    print("nodes=%d down=%s shards=%d leaderless=%s" % (len(nodes), down, len(shards), nolead))
+    sys.exit(1)
+print("ok")' <<<"$out"
+}
+
+# wait_ready SECONDS: until cluster_ready, or fail.
+wait_ready() {
+	local deadline=$((SECONDS + $1)) why=""
+	while ((SECONDS < deadline)); do
+		why=$(cluster_ready 2>&1) && return 0
+		sleep 0.5
+	done
+	c_log "cluster not ready after $1 s: $why"
+	return 1
+}
+
+# Leader node id of the shard holding the most queues' traffic: the shard
+# of queue chaos-q0 (busy), or a random node if unknown. Prints an id.
+busy_leader() {
+	local out
+	out=$(rmq queue list --json 2>/dev/null) || return 1
+	python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+qs = d if isinstance(d, list) else d.get("queues", [])
+for q in qs:
+    if q.get("name", "").startswith("chaos-q") and q.get("leader"):
+        print(q["leader"]); sys.exit(0)
+sys.exit(1)' <<<"$out"
+}
+
+# Leader node id of shard $1 (0: meta).
+shard_leader() {
+	local out
+	out=$(rmq cluster status --json 2>/dev/null) || return 1
+	python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+for s in d.get("shards", []):
+    if s.get("id") == int(sys.argv[1]) and s.get("leader"):
+        print(s["leader"]); sys.exit(0)
+sys.exit(1)' "$1" <<<"$out"
+}
+
+nft_ensure_table() {
+	nft list table $CHAOS_NFT_TABLE >/dev/null 2>&1 && return 0
+	nft -f - <<NFT
+table $CHAOS_NFT_TABLE {
+	chain output {
+		type filter hook output priority 0; policy accept;
+	}
+}
+NFT
+}
+
+nft_remove_table() {
+	nft delete table $CHAOS_NFT_TABLE 2>/dev/null || true
+}
+
+# Drop packets from node $1 to node $2 on the peer ports (one direction:
+# both the segments of $1's connections to $2 and the answers $1 sends on
+# $2's connections). Client traffic (client ports) is never touched.
+# An optional third argument P drops only P% of them (numgen random).
+nft_drop() {
+	local a=$1 b=$2 p=${3:-} ports match
+	ports="{ $((CHAOS_PORT_BASE + 2)), $((CHAOS_PORT_BASE + 4)) }"
+	match="ip saddr $(node_ip "$a") ip daddr $(node_ip "$b")"
+	nft_ensure_table
+	for dir in dport sport; do
+		if [[ -n $p ]]; then
+			nft add rule $CHAOS_NFT_TABLE output $match tcp $dir "$ports" \
+				numgen random mod 100 \< "$p" counter drop
+		else
+			nft add rule $CHAOS_NFT_TABLE output $match tcp $dir "$ports" \
+				counter drop
+		fi
+	done
+}
+
+nft_flush() {
+	nft flush chain $CHAOS_NFT_TABLE output 2>/dev/null || true
+}

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""Unit tests of tests/chaos/check on synthetic histories: the checker
+passes a clean history and catches each kind of violation (so it is proven
+able to fail). Run: python3 tests/chaos/test_check.py"""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECK = os.path.join(HERE, "check")
+
+_loader = importlib.machinery.SourceFileLoader("chaos_check", CHECK)
+_spec = importlib.util.spec_from_loader("chaos_check", _loader)
+check = importlib.util.module_from_spec(_spec)
+_loader.exec_module(check)
+
+T0 = 1000.0
+
+
+class History:
+    """Builds a history: publish/deliver helpers keep ids and times."""
+
+    def __init__(self):
+        self.ops = [{"t": T0, "op": "phase", "phase": "start"}]
+        self.t = T0
+
+    def tick(self, dt=0.1):
+        self.t += dt
+        return self.t
+
+    def publish(self, client, n, queue, seq, outcome="ok"):
+        self.ops.append({"t": self.tick(), "t0": self.t, "client": client,
+                         "op": "publish", "queue": queue,
+                         "id": "%s-%d" % (client, n), "n": n,
+                         "outcome": outcome,
+                         "seq": seq if outcome == "ok" else 0})
+
+    def deliver(self, mid, queue, seq, redelivered=False, consumer="c0"):
+        self.ops.append({"t": self.tick(), "client": consumer,
+                         "op": "deliver", "queue": queue, "id": mid,
+                         "seq": seq, "redelivered": redelivered})
+        self.ops.append({"t": self.t, "client": consumer, "op": "ack",
+                         "queue": queue, "id": mid, "seq": seq,
+                         "outcome": "ok"})
+
+    def pubdeliver(self, client, n, queue, seq):
+        self.publish(client, n, queue, seq)
+        self.deliver("%s-%d" % (client, n), queue, seq)
+
+    def finish(self):
+        self.ops.append({"t": self.tick(), "op": "phase", "phase": "drain"})
+        return self.ops
+
+
+def clean_history():
+    h = History()
+    seq = {"q0": 0, "q1": 0}
+    for n in range(1, 21):
+        for p in ("p0", "p1"):
+            q = "q%d" % (n % 2)
+            seq[q] += 1
+            h.pubdeliver(p, n, q, seq[q])
+    return h
+
+
+class CheckerTest(unittest.TestCase):
+    def run_check(self, ops, nemesis=()):
+        return check.analyse(ops, nemesis)
+
+    def assert_only(self, r, **want):
+        for k in ("lost", "phantom", "dup", "reordered"):
+            self.assertEqual(r[k], want.get(k, 0), "%s: %r" % (k, r))
+
+    def test_clean_history_passes(self):
+        r = self.run_check(clean_history().finish())
+        self.assert_only(r)
+        self.assertEqual(r["confirmed"], 40)
+        self.assertEqual(check.violations(r), [])
+
+    def test_redelivery_of_same_seq_is_not_a_duplicate(self):
+        h = clean_history()
+        h.deliver("p0-1", "q1", 1, redelivered=True, consumer="c1")
+        r = self.run_check(h.finish())
+        self.assert_only(r)
+        self.assertEqual(r["unflagged_redeliveries"], 0)
+
+    def test_unflagged_redelivery_is_reported_not_a_violation(self):
+        h = clean_history()
+        h.deliver("p0-1", "q1", 1, redelivered=False)
+        r = self.run_check(h.finish())
+        self.assert_only(r)
+        self.assertEqual(r["unflagged_redeliveries"], 1)
+
+    def test_confirmed_never_delivered_is_lost(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 21)
+        r = self.run_check(h.finish())
+        self.assert_only(r, lost=1)
+        self.assertEqual(check.violations(r), ["lost"])
+
+    def test_unknown_never_delivered_is_not_lost(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 0, outcome="unknown")
+        h.publish("p0", 22, "q1", 0, outcome="fail")
+        r = self.run_check(h.finish())
+        self.assert_only(r)
+        self.assertEqual(r["unknown"], 1)
+        self.assertEqual(r["unknown_stored"], 0)
+
+    def test_unknown_delivered_once_is_fine(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 0, outcome="unknown")
+        h.deliver("p0-21", "q1", 21)
+        r = self.run_check(h.finish())
+        self.assert_only(r)
+        self.assertEqual(r["unknown_stored"], 1)
+
+    def test_never_published_delivery_is_phantom(self):
+        h = clean_history()
+        h.deliver("p9-1", "q0", 99)
+        r = self.run_check(h.finish())
+        self.assert_only(r, phantom=1)
+
+    def test_failed_publish_delivered_is_phantom(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 0, outcome="fail")
+        h.deliver("p0-21", "q1", 21)
+        r = self.run_check(h.finish())
+        self.assert_only(r, phantom=1)
+
+    def test_delivery_from_other_queue_is_phantom(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 0, outcome="unknown")
+        h.deliver("p0-21", "q0", 50)
+        r = self.run_check(h.finish())
+        self.assert_only(r, phantom=1)
+
+    def test_two_messages_at_one_seq_is_phantom(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 0, outcome="unknown")
+        h.deliver("p0-21", "q1", 5)  # seq 5 of q1 already held p0-...
+        r = self.run_check(h.finish())
+        self.assertEqual(r["phantom"], 1)
+
+    def test_same_id_at_two_seqs_is_dup(self):
+        h = clean_history()
+        h.deliver("p0-2", "q0", 77)  # stored again at another seq
+        r = self.run_check(h.finish())
+        self.assert_only(r, dup=1)
+        self.assertEqual(check.violations(r), ["dup"])
+
+    def test_unknown_outcome_stored_twice_is_dup(self):
+        h = clean_history()
+        h.publish("p1", 21, "q1", 0, outcome="unknown")
+        h.deliver("p1-21", "q1", 21)
+        h.deliver("p1-21", "q1", 22)
+        r = self.run_check(h.finish())
+        self.assert_only(r, dup=1)
+
+    def test_delivered_at_other_seq_than_confirmed_is_dup(self):
+        h = clean_history()
+        h.publish("p1", 21, "q1", 21)
+        h.deliver("p1-21", "q1", 22)
+        r = self.run_check(h.finish())
+        self.assert_only(r, dup=1)
+
+    def test_publish_order_inversion_is_reordered(self):
+        h = History()
+        h.publish("p0", 1, "q0", 2)
+        h.publish("p0", 2, "q0", 1)
+        h.publish("p0", 3, "q0", 3)
+        for mid, seq in (("p0-2", 1), ("p0-1", 2), ("p0-3", 3)):
+            h.deliver(mid, "q0", seq)
+        r = self.run_check(h.finish())
+        self.assert_only(r, reordered=1)
+        self.assertEqual(check.violations(r), ["reordered"])
+
+    def test_interleaved_producers_are_not_reordered(self):
+        h = History()
+        # p0 and p1 interleave on q0; each one's own order is kept.
+        h.pubdeliver("p0", 1, "q0", 1)
+        h.pubdeliver("p1", 1, "q0", 2)
+        h.pubdeliver("p1", 2, "q0", 3)
+        h.pubdeliver("p0", 2, "q0", 4)
+        r = self.run_check(h.finish())
+        self.assert_only(r)
+
+    def test_availability_counts_empty_fault_seconds(self):
+        h = History()
+        seq = 0
+        # 10 s fault-free at 10/s, then 10 s of faults with confirms only
+        # in the first 5 s.
+        for i in range(200):
+            t = T0 + i * 0.1
+            if 150 <= i:
+                continue
+            seq += 1
+            h.ops.append({"t": t, "op": "publish", "client": "p0",
+                          "queue": "q0", "id": "p0-%d" % seq, "n": seq,
+                          "outcome": "ok", "seq": seq})
+            h.ops.append({"t": t, "op": "deliver", "client": "c0",
+                          "queue": "q0", "id": "p0-%d" % seq, "seq": seq,
+                          "redelivered": False})
+        h.ops.append({"t": T0 + 20, "op": "phase", "phase": "drain"})
+        nem = [{"t": T0 + 10, "op": "nemesis", "action": "start"},
+               {"t": T0 + 20, "op": "nemesis", "action": "heal"}]
+        r = self.run_check(h.ops, nem)
+        self.assert_only(r)
+        self.assertAlmostEqual(r["availability"], 0.5, places=2)
+        self.assertAlmostEqual(r["rate_ratio"], 0.5, places=1)
+        self.assertEqual(check.violations(r, 0.9), ["availability"])
+
+
+class CommandLineTest(unittest.TestCase):
+    def run_cli(self, ops):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "history.jsonl")
+            with open(path, "w") as f:
+                for op in ops:
+                    f.write(json.dumps(op) + "\n")
+                f.write('{"t": 1, "op": "deli')  # torn last line
+            p = subprocess.run([sys.executable, CHECK, path],
+                               capture_output=True, text=True, check=False)
+        return p.returncode, p.stdout.strip().splitlines()[-1]
+
+    def test_clean_exits_zero_with_summary_line(self):
+        rc, last = self.run_cli(clean_history().finish())
+        self.assertEqual(rc, 0)
+        self.assertEqual(last, "lost=0 phantom=0 dup=0 reordered=0 "
+                         "confirmed=40 availability=1.000")
+
+    def test_violation_exits_non_zero(self):
+        h = clean_history()
+        h.publish("p0", 21, "q1", 21)
+        rc, last = self.run_cli(h.finish())
+        self.assertEqual(rc, 1)
+        self.assertTrue(last.startswith("lost=1 phantom=0 dup=0 "
+                                        "reordered=0 confirmed=41"), last)
+
+
+if __name__ == "__main__":
+    unittest.main()
