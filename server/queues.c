@@ -49,6 +49,8 @@ struct queue {
 
 	/* Leader state (valid while active). */
 	bool active;
+	bool horizon_pending; /* a raise of delivered_upto is proposed */
+	uint64_t horizon_target;
 	uint64_t cursor;
 	uint64_t delivered_upto;
 	uint64_t recorded_delivered_upto; /* as of becoming leader */
@@ -67,7 +69,13 @@ struct proposal {
 	unsigned shard;
 	struct pending *items; /* owned */
 	size_t n;
+	struct queue **marks; /* owned */
+	size_t n_marks;
 };
+
+/* Deliveries run ahead of the recorded horizon by at most this much; see
+ * deliver(). */
+#define HORIZON_AHEAD 1024
 
 struct meta_request {
 	struct node *node;
@@ -337,7 +345,36 @@ static void send_delivery(struct consumer *k, const struct store_msg *m,
 	}
 }
 
-/* Hand ready messages to consumers with credit. */
+/* Ask the next batch of @q's shard to raise the queue's recorded delivery
+ * horizon (delivered_upto) to @target. */
+static void request_horizon(struct node *n, struct queue *q, uint64_t target)
+{
+	struct batch *b = &n->batches[q->shard];
+	if (q->horizon_pending) {
+		return;
+	}
+	if (b->n_marks == b->cap_marks) {
+		size_t cap = b->cap_marks ? b->cap_marks * 2 : 8;
+		struct queue **m = realloc(b->marks, cap * sizeof *m);
+		if (m == NULL) {
+			return; /* retried from the next delivery attempt */
+		}
+		b->marks = m;
+		b->cap_marks = cap;
+	}
+	b->marks[b->n_marks++] = q;
+	q->horizon_target = target;
+	q->horizon_pending = true;
+}
+
+/* Hand ready messages to consumers with credit.
+ *
+ * A message is handed out for the first time only if its seq is within the
+ * queue's horizon (delivered_upto) as recorded in the shard, so that a new
+ * leader marks every message its predecessors may have delivered as
+ * redelivered. The horizon is raised ahead of need, HORIZON_AHEAD at a
+ * time, in the shard's next batch; a consumer waits for it only when the
+ * deliveries outrun it. */
 static void deliver(struct node *n, struct queue *q)
 {
 	struct store_txn *t;
@@ -362,6 +399,13 @@ static void deliver(struct node *n, struct queue *q)
 		} else {
 			if (store_msg_next(t, q->qid, q->cursor, &m) != 0) {
 				break;
+			}
+			if (m.seq + HORIZON_AHEAD / 2 >
+			    q->stored_delivered_upto) {
+				request_horizon(n, q, m.seq + HORIZON_AHEAD);
+			}
+			if (m.seq > q->stored_delivered_upto) {
+				break; /* resumes when the horizon is applied */
 			}
 			q->cursor = m.seq + 1;
 			if (seqmap_get(&q->inflight, m.seq) != NULL) {
@@ -581,6 +625,14 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 		}
 		pending_release(p);
 	}
+	for (size_t i = 0; i < pr->n_marks; i++) {
+		struct queue *q = pr->marks[i];
+		q->horizon_pending = false;
+		if (status != 0) {
+			deliver(n, q); /* asks again if still needed */
+		}
+	}
+	free(pr->marks);
 	free(pr->items);
 	free(pr);
 }
@@ -776,7 +828,29 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 			       sr->n_seqs * sizeof *rm);
 			so->remove = rm;
 			so->n_remove += sr->n_seqs;
-			so->delivered_upto = q->delivered_upto;
+			if (so->delivered_upto < q->delivered_upto) {
+				so->delivered_upto = q->delivered_upto;
+			}
+		}
+	}
+	for (size_t i = 0; i < b->n_marks; i++) {
+		struct queue *q = b->marks[i];
+		rv = builder_op(bl, q, PENDING_SETTLE, &idx);
+		if (rv != 0) {
+			return rv;
+		}
+		Rmqc__Op *op = &bl->ops[idx];
+		if (op->kind_case != RMQC__OP__KIND_SETTLE) {
+			op->settle = malloc(sizeof *op->settle);
+			if (op->settle == NULL) {
+				return RMQ_ENOMEM;
+			}
+			rmqc__settle_op__init(op->settle);
+			op->settle->queue = q->name;
+			op->kind_case = RMQC__OP__KIND_SETTLE;
+		}
+		if (op->settle->delivered_upto < q->horizon_target) {
+			op->settle->delivered_upto = q->horizon_target;
 		}
 	}
 	bl->opp = malloc((bl->n_ops ? bl->n_ops : 1) * sizeof *bl->opp);
@@ -790,6 +864,25 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 	return 0;
 }
 
+static void batch_reset(struct batch *b)
+{
+	b->items = NULL;
+	b->n = 0;
+	b->cap = 0;
+	b->bytes = 0;
+	b->marks = NULL;
+	b->n_marks = 0;
+	b->cap_marks = 0;
+}
+
+static void drop_marks(struct queue **marks, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		marks[k]->horizon_pending = false;
+	}
+	free(marks);
+}
+
 void queues_flush(struct node *n, unsigned i)
 {
 	struct batch *b = &n->batches[i];
@@ -797,7 +890,7 @@ void queues_flush(struct node *n, unsigned i)
 	struct proposal *pr;
 	int rv;
 
-	if (b->n == 0 || n->stopping) {
+	if ((b->n == 0 && b->n_marks == 0) || n->stopping) {
 		return;
 	}
 	if (shard_role(n->shards[i]) != SHARD_LEADER) {
@@ -808,8 +901,9 @@ void queues_flush(struct node *n, unsigned i)
 			}
 			pending_release(p);
 		}
-		b->n = 0;
-		b->bytes = 0;
+		free(b->items);
+		drop_marks(b->marks, b->n_marks);
+		batch_reset(b);
 		return;
 	}
 	memset(&bl, 0, sizeof bl);
@@ -823,6 +917,8 @@ void queues_flush(struct node *n, unsigned i)
 		pr->shard = i;
 		pr->items = b->items;
 		pr->n = b->n;
+		pr->marks = b->marks;
+		pr->n_marks = b->n_marks;
 		rv = shard_propose(n->shards[i], &cmd, proposal_cb, pr);
 	}
 	builder_free(&bl);
@@ -832,6 +928,7 @@ void queues_flush(struct node *n, unsigned i)
 			   rv == RMQ_ENOTLEADER ? "not the leader any more"
 						: codec_strerror(rv));
 		free(b->items);
+		drop_marks(b->marks, b->n_marks);
 	} else {
 		/* The proposal owns the items; drop the decoded publishes
 		 * now that their bytes are packed into the entry. Settles
@@ -844,10 +941,7 @@ void queues_flush(struct node *n, unsigned i)
 			}
 		}
 	}
-	b->items = NULL;
-	b->n = 0;
-	b->cap = 0;
-	b->bytes = 0;
+	batch_reset(b);
 }
 
 /* ---- request handlers ------------------------------------------------- */
@@ -1815,6 +1909,12 @@ void queues_tick(struct node *n)
 			reconcile_shard(n, i);
 		}
 	}
+	TABLE_FOREACH(n, q)
+	{
+		if (q->active && q->n_consumers > 0) {
+			deliver(n, q); /* after a failed horizon raise, say */
+		}
+	}
 	if (shard_role(n->shards[0]) == SHARD_LEADER) {
 		register_nodes(n);
 	}
@@ -1838,6 +1938,7 @@ void queues_close(struct node *n)
 		struct batch *b = &n->batches[i];
 		fail_items(b->items, b->n, RMQ_ESHUTDOWN, "shutting down");
 		free(b->items);
+		free(b->marks);
 		memset(b, 0, sizeof *b);
 	}
 	TABLE_FOREACH(n, q)

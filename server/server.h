@@ -80,6 +80,8 @@ struct batch {
 	struct pending *items; /* owned */
 	size_t n, cap;
 	size_t bytes;
+	struct queue **marks; /* owned: queues whose delivery horizon moves */
+	size_t n_marks, cap_marks;
 };
 
 /* Route and answer one decoded request; takes ownership of @req. */
