@@ -13,6 +13,8 @@ Usage: rawclient.py HOST:PORT CASE      (exit 0 = the server behaved)
              close the connection within 2 s (an error frame first is fine)
   garbage    send one frame of bytes that are not a valid Request; expect
              an error reply (if any) and the connection closed within 2 s
+  hold Q N   subscribe to queue Q, keep N deliveries unacked, print
+             "held <seqs>", exit when the server closes the connection
 rawclient.py selftest                   check the encoder/decoder
 """
 import os
@@ -324,18 +326,56 @@ def selftest():
     return 0
 
 
+def case_hold(addr, queue, count):
+    """Subscribe to QUEUE, take COUNT deliveries without acking them, print
+    'held <seq>...' and keep them until the server closes the connection
+    (e.g. its node is killed)."""
+    count = int(count)
+    sock = connect(addr, timeout=30.0)
+    # Request { id = 1; subscribe = 8 { queue = 1, consumer_id = 2,
+    #                                   prefetch = 3 } }
+    sub = enc_msg((1, queue), (2, 1), (3, count))
+    sock.sendall(frame(enc_msg((1, 1), (8, sub))))
+    reader = FrameReader()
+    seqs = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            print("hold: timed out after %d deliveries" % len(seqs))
+            return 1
+        if not data:
+            break
+        for payload in reader.feed(data):
+            sf = dec_msg(payload)
+            if 1 in sf:
+                r = dec_msg(first(sf, 1))
+                if 2 in r:
+                    e = dec_msg(first(r, 2))
+                    print("hold: error %s" % first(e, 2, b"").decode())
+                    return 1
+            if 2 in sf:
+                d = dec_msg(first(sf, 2))
+                seqs.append(first(d, 3, 0))
+                if len(seqs) == count:
+                    print("held " + " ".join(str(x) for x in seqs),
+                          flush=True)
+                    sock.settimeout(None)
+    return 0 if len(seqs) >= count else 1
+
+
 CASES = {"hello": case_hello, "truncated": case_truncated,
-         "huge": case_huge, "garbage": case_garbage}
+         "huge": case_huge, "garbage": case_garbage, "hold": case_hold}
 
 
 def main(argv):
     if len(argv) == 2 and argv[1] == "selftest":
         return selftest()
-    if len(argv) != 3 or argv[2] not in CASES:
+    if len(argv) < 3 or argv[2] not in CASES:
         sys.stderr.write(__doc__)
         return 2
     try:
-        return CASES[argv[2]](argv[1])
+        return CASES[argv[2]](argv[1], *argv[3:])
     except OSError as e:
         print("%s: %s" % (argv[2], e))
         return 1
