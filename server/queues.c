@@ -646,11 +646,13 @@ struct builder {
 	int *op_type;            /* owned: PENDING_* or 0 for create */
 };
 
-static int builder_op(struct builder *b, struct queue *q, int type,
+/* The op of @kind (RMQC__OP__KIND_*) for @q in this batch, created with
+ * its sub-message on first use. On 0, *index is its position. */
+static int builder_op(struct builder *b, struct queue *q, int kind,
 		      size_t *index)
 {
 	for (size_t i = b->n_ops; i > 0; i--) {
-		if (b->op_queue[i - 1] == q && b->op_type[i - 1] == type) {
+		if (b->op_queue[i - 1] == q && b->op_type[i - 1] == kind) {
 			*index = i - 1;
 			return 0;
 		}
@@ -674,9 +676,41 @@ static int builder_op(struct builder *b, struct queue *q, int type,
 		b->op_type = ot;
 		b->cap_ops = cap;
 	}
-	rmqc__op__init(&b->ops[b->n_ops]);
+	Rmqc__Op *op = &b->ops[b->n_ops];
+	rmqc__op__init(op);
+	switch (kind) {
+	case RMQC__OP__KIND_CREATE:
+		op->create = malloc(sizeof *op->create);
+		if (op->create == NULL) {
+			return RMQ_ENOMEM;
+		}
+		rmqc__create_queue_op__init(op->create);
+		op->create->queue = q->name;
+		op->create->max_length = q->placement.max_length;
+		op->create->max_message_size = q->placement.max_message_size;
+		op->create->gen = q->placement.gen;
+		break;
+	case RMQC__OP__KIND_PUBLISH:
+		op->publish = malloc(sizeof *op->publish);
+		if (op->publish == NULL) {
+			return RMQ_ENOMEM;
+		}
+		rmqc__publish_op__init(op->publish);
+		op->publish->queue = q->name;
+		break;
+	default:
+		op->settle = malloc(sizeof *op->settle);
+		if (op->settle == NULL) {
+			return RMQ_ENOMEM;
+		}
+		rmqc__settle_op__init(op->settle);
+		op->settle->queue = q->name;
+		kind = RMQC__OP__KIND_SETTLE;
+		break;
+	}
+	op->kind_case = (Rmqc__Op__KindCase)kind;
 	b->op_queue[b->n_ops] = q;
-	b->op_type[b->n_ops] = type;
+	b->op_type[b->n_ops] = kind;
 	*index = b->n_ops++;
 	return 0;
 }
@@ -757,42 +791,22 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 		struct pending *p = &b->items[i];
 		struct queue *q = p->queue;
 		if (!q->stored && q->placed && p->type == PENDING_PUBLISH) {
-			rv = builder_op(bl, q, 0, &idx);
+			rv = builder_op(bl, q, RMQC__OP__KIND_CREATE, &idx);
 			if (rv != 0) {
 				return rv;
 			}
-			Rmqc__Op *op = &bl->ops[idx];
-			if (op->kind_case != RMQC__OP__KIND_CREATE) {
-				op->create = malloc(sizeof *op->create);
-				if (op->create == NULL) {
-					return RMQ_ENOMEM;
-				}
-				rmqc__create_queue_op__init(op->create);
-				op->create->queue = q->name;
-				op->create->max_length =
-					q->placement.max_length;
-				op->create->max_message_size =
-					q->placement.max_message_size;
-				op->create->gen = q->placement.gen;
-				op->kind_case = RMQC__OP__KIND_CREATE;
-			}
 		}
-		rv = builder_op(bl, q, p->type, &idx);
+		rv = builder_op(bl, q,
+				p->type == PENDING_PUBLISH
+					? RMQC__OP__KIND_PUBLISH
+					: RMQC__OP__KIND_SETTLE,
+				&idx);
 		if (rv != 0) {
 			return rv;
 		}
 		p->op = idx;
 		Rmqc__Op *op = &bl->ops[idx];
 		if (p->type == PENDING_PUBLISH) {
-			if (op->kind_case != RMQC__OP__KIND_PUBLISH) {
-				op->publish = malloc(sizeof *op->publish);
-				if (op->publish == NULL) {
-					return RMQ_ENOMEM;
-				}
-				rmqc__publish_op__init(op->publish);
-				op->publish->queue = q->name;
-				op->kind_case = RMQC__OP__KIND_PUBLISH;
-			}
 			Rmqc__PublishOp *po = op->publish;
 			Rmqc__Msg **msgs = realloc(
 				po->msgs, (po->n_msgs + 1) * sizeof *msgs);
@@ -807,15 +821,6 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 			p->msg = po->n_msgs;
 			po->msgs[po->n_msgs++] = m;
 		} else {
-			if (op->kind_case != RMQC__OP__KIND_SETTLE) {
-				op->settle = malloc(sizeof *op->settle);
-				if (op->settle == NULL) {
-					return RMQ_ENOMEM;
-				}
-				rmqc__settle_op__init(op->settle);
-				op->settle->queue = q->name;
-				op->kind_case = RMQC__OP__KIND_SETTLE;
-			}
 			Rmqc__SettleOp *so = op->settle;
 			const Rmq__SettleReq *sr = p->req->settle;
 			uint64_t *rm = realloc(so->remove,
@@ -835,22 +840,13 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 	}
 	for (size_t i = 0; i < b->n_marks; i++) {
 		struct queue *q = b->marks[i];
-		rv = builder_op(bl, q, PENDING_SETTLE, &idx);
+		rv = builder_op(bl, q, RMQC__OP__KIND_SETTLE, &idx);
 		if (rv != 0) {
 			return rv;
 		}
-		Rmqc__Op *op = &bl->ops[idx];
-		if (op->kind_case != RMQC__OP__KIND_SETTLE) {
-			op->settle = malloc(sizeof *op->settle);
-			if (op->settle == NULL) {
-				return RMQ_ENOMEM;
-			}
-			rmqc__settle_op__init(op->settle);
-			op->settle->queue = q->name;
-			op->kind_case = RMQC__OP__KIND_SETTLE;
-		}
-		if (op->settle->delivered_upto < q->horizon_target) {
-			op->settle->delivered_upto = q->horizon_target;
+		Rmqc__SettleOp *so = bl->ops[idx].settle;
+		if (so->delivered_upto < q->horizon_target) {
+			so->delivered_upto = q->horizon_target;
 		}
 	}
 	bl->opp = malloc((bl->n_ops ? bl->n_ops : 1) * sizeof *bl->opp);
