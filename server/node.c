@@ -183,7 +183,7 @@ static void shard_fatal_hook(void *data, struct shard *s)
 {
 	struct node *n = data;
 	LOGE("node %" PRIu64 ": shard %u cannot apply entries any more; "
-	     "stopping so that the other replicas take over",
+	     "exiting so that the other replicas take over",
 	     n->cfg.id, shard_id(s));
 	n->fatal = true; /* acted on outside raft, in prepare_cb */
 }
@@ -277,8 +277,14 @@ static void prepare_cb(uv_prepare_t *h)
 		return;
 	}
 	if (n->fatal) {
-		node_stop(n, 1);
-		return;
+		/* The store failed under raft: exit at once, like a crash. A
+		 * graceful close would write through the failing storage, and
+		 * everything confirmed is in the other replicas' fsynced logs
+		 * and in ours, which a restart replays. */
+		LOGE("node %" PRIu64 ": exiting after a fatal storage fault",
+		     n->cfg.id);
+		fflush(stderr);
+		_exit(1);
 	}
 	for (unsigned i = 0; i < n->n_shards; i++) {
 		shard_poll(n->shards[i]);
