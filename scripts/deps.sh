@@ -14,6 +14,7 @@ PACKAGES=(
 	libcmocka-dev libinih-dev libcjson-dev libmicrohttpd-dev libssl-dev
 	python3 procps lmdb-utils clang-format
 	nftables fiu-utils libfiu-dev e2fsprogs util-linux
+	librabbitmq-dev libnats-dev
 )
 
 installed() {
