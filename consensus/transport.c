@@ -646,6 +646,8 @@ static void listen_cb(uv_stream_t *server, int status)
 	if (rv != 0) {
 		goto err_after_tcp_init;
 	}
+	/* Raft messages are small and latency-bound: no Nagle delay. */
+	uv_tcp_nodelay(in->tcp, 1);
 	in->net = n;
 	in->state = IN_HEADER;
 	in->started = uv_now(n->loop);
@@ -823,6 +825,7 @@ static int transport_connect(struct raft_uv_transport *t,
 		goto err_after_tcp_alloc;
 	}
 	out->tcp->data = pt;
+	uv_tcp_nodelay(out->tcp, 1);
 	if (n->has_bind) {
 		rv = uv_tcp_bind(out->tcp, (struct sockaddr *)&n->bind_addr, 0);
 		if (rv != 0) {
