@@ -368,7 +368,7 @@ run_scenarios() {
 			args=($(scenario_args "$s"))
 			if ! timeout --kill-after=10 900 "$BENCH" --broker "$broker" \
 				--servers "$servers" --server-pids "$pids" \
-				--queue-prefix "cmp$s" --json --no-progress "${args[@]}" \
+				--queue-prefix "cmp$s$r" --json --no-progress "${args[@]}" \
 				>"$f" 2>"$OUT/$broker-$s-$r.err"; then
 				say "$broker $s#$r: raftmq-bench failed: $(tail -n 3 "$OUT/$broker-$s-$r.err" | tr '\n' ' ')"
 				rm -f "$f"
