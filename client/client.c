@@ -794,6 +794,16 @@ static void pump_pubs(struct rmq_client *c)
 				topo_want(c);
 				continue;
 			}
+			/* A server answered NOT_FOUND for a queue we had seen:
+			 * it may be deleted, or re-declared a moment ago and
+			 * not yet known to the node we asked. Look again for a
+			 * short while before giving up. */
+			if (p->nf_since != 0 &&
+			    now - p->nf_since < RMQ_NOTFOUND_GRACE_MS) {
+				p->nf_gen = topo_need_gen(c);
+				topo_want(c);
+				continue;
+			}
 			pub_finish(c, p, RMQ_ENOTFOUND, 0, NULL);
 			continue;
 		}

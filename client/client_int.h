@@ -24,6 +24,9 @@
 #define RMQ_MSG_MAX 256
 #define RMQ_TICK_MS 5          /* settle batching, deadlines, backoffs */
 #define RMQ_TOPO_MIN_GAP_MS 50 /* between two topology refreshes */
+/* After a NOT_FOUND, how long a queue missing from the topology is looked
+ * up again before the publish fails. */
+#define RMQ_NOTFOUND_GRACE_MS 1000
 #define RMQ_NOTFOUND_RETRY_MS \
 	10000 /* a lagging node may not know a new queue yet */
 
