@@ -40,7 +40,6 @@ struct shard {
 	uint64_t barrier_issued; /* term of the barrier in flight */
 	uint64_t barrier_term;   /* term whose barrier has been applied */
 	struct raft_barrier barrier;
-	unsigned inflight;
 
 	shard_close_cb close_cb;
 	void *close_data;
@@ -48,7 +47,6 @@ struct shard {
 
 struct shard_apply {
 	struct raft_apply req;
-	struct shard *shard;
 	shard_apply_cb cb;
 	void *data;
 };
@@ -279,7 +277,6 @@ void shard_close(struct shard *s, shard_close_cb cb, void *data)
 static void apply_cb(struct raft_apply *req, int status, void *result)
 {
 	struct shard_apply *a = req->data;
-	a->shard->inflight--;
 	/* Once raft accepted the entry, any failure (leadership lost, a failed
 	 * local append) leaves the outcome unknown: the entry may have reached
 	 * followers and commit under a later leader. */
@@ -304,7 +301,6 @@ int shard_propose(struct shard *s, const Rmqc__Command *cmd, shard_apply_cb cb,
 	if (rv != 0) {
 		goto err_after_req_alloc;
 	}
-	a->shard = s;
 	a->cb = cb;
 	a->data = data;
 	a->req.data = a;
@@ -313,7 +309,6 @@ int shard_propose(struct shard *s, const Rmqc__Command *cmd, shard_apply_cb cb,
 		rv = err_from_raft(rv);
 		goto err_after_buf_alloc;
 	}
-	s->inflight++;
 	return 0; /* raft owns buf.base now; @a is freed in apply_cb. */
 
 err_after_buf_alloc:
@@ -453,9 +448,4 @@ bool shard_peer_caught_up(struct shard *s, uint64_t node_id)
 	int i = progress_index(s, node_id);
 	return i >= 0 && s->raft.leader_state.progress[i].match_index >=
 				 raft_last_index(&s->raft);
-}
-
-unsigned shard_inflight(const struct shard *s)
-{
-	return s->inflight;
 }

@@ -110,7 +110,5 @@ size_t shard_replicas(struct shard *s, uint64_t *ids, size_t max);
 bool shard_peer_recent(struct shard *s, uint64_t node_id);
 /* Whether @node_id's log matches ours up to our last index (leader only). */
 bool shard_peer_caught_up(struct shard *s, uint64_t node_id);
-/* Entries proposed and not yet applied (leader side). */
-unsigned shard_inflight(const struct shard *s);
 
 #endif /* RMQ_SHARD_H */

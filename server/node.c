@@ -372,8 +372,7 @@ void node_stop(struct node *n, int exit_code)
 	uv_close((uv_handle_t *)&n->sigint, NULL);
 	uv_close((uv_handle_t *)&n->prepare, NULL);
 	uv_close((uv_handle_t *)&n->tick, NULL);
-	if (uv_is_active((uv_handle_t *)&n->listener) ||
-	    n->listener.loop != NULL) {
+	if (n->listener.loop != NULL) { /* uv_tcp_init() was called */
 		uv_close((uv_handle_t *)&n->listener, NULL);
 	}
 	struct conn *next;

@@ -78,7 +78,6 @@ struct proposal {
 #define HORIZON_AHEAD 1024
 
 struct meta_request {
-	struct node *node;
 	struct conn *conn; /* ref held */
 	uint64_t req_id;
 	int type; /* RMQ__REQUEST__BODY_DECLARE / _DELETE */
@@ -782,7 +781,7 @@ static Rmqc__Msg *msg_from_request(const Rmq__PublishReq *p)
 
 /* Build the command of a batch: per queue, a create op first if the shard
  * does not have the queue yet, then one publish op and one settle op. */
-static int build_command(struct node *n, struct batch *b, struct builder *bl)
+static int build_command(struct batch *b, struct builder *bl)
 {
 	size_t idx;
 	int rv;
@@ -856,7 +855,6 @@ static int build_command(struct node *n, struct batch *b, struct builder *bl)
 	for (size_t i = 0; i < bl->n_ops; i++) {
 		bl->opp[i] = &bl->ops[i];
 	}
-	(void)n;
 	return 0;
 }
 
@@ -904,7 +902,7 @@ void queues_flush(struct node *n, unsigned i)
 	}
 	memset(&bl, 0, sizeof bl);
 	pr = malloc(sizeof *pr);
-	rv = pr != NULL ? build_command(n, b, &bl) : RMQ_ENOMEM;
+	rv = pr != NULL ? build_command(b, &bl) : RMQ_ENOMEM;
 	if (rv == 0) {
 		Rmqc__Command cmd = RMQC__COMMAND__INIT;
 		cmd.ops = bl.opp;
@@ -1045,7 +1043,6 @@ static void handle_meta(struct node *n, struct conn *c, Rmq__Request *req)
 		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
-	m->node = n;
 	m->conn = c;
 	m->req_id = req->id;
 	m->type = (int)req->body_case;
