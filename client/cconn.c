@@ -107,8 +107,10 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 	if (n < 0) {
 		cconn_fail(x, RMQ_ECONNECT);
 	} else if (n > 0) {
-		int rv = frame_reader_feed(&x->fr, (const uint8_t *)b->base,
-					   (size_t)n, on_frame_cb, x);
+		int rv;
+		x->last_rx = client_now();
+		rv = frame_reader_feed(&x->fr, (const uint8_t *)b->base,
+				       (size_t)n, on_frame_cb, x);
 		if (rv != 0 && x->state == CONN_CONNECTED) {
 			cconn_fail(x, RMQ_EPROTO);
 		}
@@ -188,9 +190,12 @@ static void connect_cb(uv_connect_t *req, int status)
 		client_pump(x->c);
 		return;
 	}
+	/* A paused process still completes TCP handshakes (the kernel
+	 * does): the attempt only counts as good once Hello is answered. */
 	x->state = CONN_CONNECTED;
-	x->failed_attempts = 0;
-	x->backoff_ms = 0;
+	x->ready = false;
+	x->ping_inflight = false;
+	x->last_rx = client_now();
 	client_conn_up(x->c, x);
 	start_write(x);
 	client_pump(x->c);
@@ -333,11 +338,13 @@ void cconn_fail(struct cconn *x, int err)
 	uv_timer_stop(&x->timer);
 	x->state = CONN_CLOSING;
 	uv_close((uv_handle_t *)&x->tcp, conn_close_cb);
-	if (!was_connected) {
+	if (!was_connected || !x->ready || err == RMQ_ETIMEDOUT) {
 		x->failed_attempts++;
 		x->last_fail_at = client_now();
 	}
 	x->attempted = true;
+	x->ready = false;
+	x->ping_inflight = false;
 	x->backoff_ms = next_backoff(x);
 	frame_reader_close(&x->fr);
 	x->out.len = 0;
@@ -349,8 +356,19 @@ void cconn_fail(struct cconn *x, int err)
 		list_remove(&r->link);
 		client_req_done(c, r, NULL, RMQ_ECONNECT);
 	}
-	(void)err;
 	client_conn_down(c, x, RMQ_ECONNECT);
+}
+
+bool cconn_ready(const struct cconn *x)
+{
+	return x->state == CONN_CONNECTED && x->ready;
+}
+
+void cconn_hello_ok(struct cconn *x)
+{
+	x->ready = true;
+	x->failed_attempts = 0;
+	x->backoff_ms = 0;
 }
 
 void cconn_shutdown(struct cconn *x)

@@ -392,10 +392,10 @@ static struct cconn *route_shard(struct rmq_client *c, struct shard_state *s,
 		topo_want(c);
 		return NULL;
 	}
-	if (x->state != CONN_CONNECTED) {
+	if (!cconn_ready(x)) {
 		cconn_ensure(x);
 		if (x->failed_attempts > 0) {
-			topo_want(c);
+			topo_want(c); /* it failed before: maybe a new leader */
 		}
 		return NULL;
 	}
@@ -567,19 +567,34 @@ static void topo_maybe_send(struct rmq_client *c)
 	    client_now() < c->topo_next_at) {
 		return;
 	}
+	/* Ask the meta leader (freshest queue list) every other time, and
+	 * each other node in turn otherwise: a node cut off from its peers
+	 * (partitioned, just restarted) knows no leader, and asking it over
+	 * and over would not find the one the others elected. */
 	meta = shard_get(c, 0);
-	if (meta != NULL && meta->leader != 0) {
+	if (meta != NULL && meta->leader != 0 && c->topo_turn % 2 == 0) {
 		x = conn_for_node(c, meta->leader);
-		if (x != NULL && x->state != CONN_CONNECTED) {
+		if (x != NULL && !cconn_ready(x)) {
 			x = NULL;
 		}
 	}
-	for (l = c->conns.next; x == NULL && l != &c->conns; l = l->next) {
-		struct cconn *y = container_of(l, struct cconn, link);
-		if (y->state == CONN_CONNECTED) {
-			x = y;
+	if (x == NULL) {
+		unsigned n_ready = 0, k;
+		for (l = c->conns.next; l != &c->conns; l = l->next) {
+			n_ready += cconn_ready(
+				container_of(l, struct cconn, link));
+		}
+		k = n_ready > 0 ? (c->topo_turn / 2) % n_ready : 0;
+		for (l = c->conns.next; n_ready > 0 && l != &c->conns;
+		     l = l->next) {
+			struct cconn *y = container_of(l, struct cconn, link);
+			if (cconn_ready(y) && k-- == 0) {
+				x = y;
+				break;
+			}
 		}
 	}
+	c->topo_turn++;
 	if (x == NULL) {
 		/* Nobody connected: try every seed and known node. */
 		for (int i = 0; i < c->n_seeds; i++) {
@@ -1932,6 +1947,7 @@ void client_req_done(struct rmq_client *c, struct req *r, Rmq__ServerFrame *f,
 			if (resp != NULL && resp_status(resp, NULL, 0) == 0 &&
 			    resp->body_case == RMQ__RESPONSE__BODY_HELLO &&
 			    resp->hello != NULL) {
+				cconn_hello_ok(x);
 				if (resp->hello->node_id != 0) {
 					x->node_id = resp->hello->node_id;
 				}
@@ -1961,6 +1977,9 @@ void client_req_done(struct rmq_client *c, struct req *r, Rmq__ServerFrame *f,
 			batch_on_response(c, r->owner, x, resp, err);
 			break;
 		case REQ_CANCEL:
+			break;
+		case REQ_PING:
+			x->ping_inflight = false;
 			break;
 		}
 	}
@@ -2142,6 +2161,42 @@ static void async_cb(uv_async_t *a)
 	client_pump(c);
 }
 
+/* Ping connections that went quiet; drop those silent for the liveness
+ * timeout. A stopped or hung node keeps its sockets open, so without this
+ * its requests would wait for their own deadlines. */
+static void check_liveness(struct rmq_client *c, uint64_t now)
+{
+	unsigned limit = c->o.liveness_timeout_ms;
+	struct link *l, *next;
+
+	for (l = c->conns.next; l != &c->conns; l = next) {
+		struct cconn *x = container_of(l, struct cconn, link);
+		uint64_t quiet;
+		next = l->next;
+		if (x->state != CONN_CONNECTED) {
+			continue;
+		}
+		quiet = now > x->last_rx ? now - x->last_rx : 0;
+		if (quiet >= limit) {
+			cconn_fail(x, RMQ_ETIMEDOUT);
+		} else if (quiet >= limit / 2 && !x->ping_inflight) {
+			Rmq__PingReq pr = RMQ__PING_REQ__INIT;
+			Rmq__Request r = RMQ__REQUEST__INIT;
+			struct req *req = req_new(c, REQ_PING, x, 0);
+			if (req == NULL) {
+				continue;
+			}
+			r.body_case = RMQ__REQUEST__BODY_PING;
+			r.ping = &pr;
+			if (cconn_send(x, req, &r) != 0) {
+				client_req_free(c, req);
+				continue;
+			}
+			x->ping_inflight = true;
+		}
+	}
+}
+
 static void tick_cb(uv_timer_t *t)
 {
 	struct rmq_client *c = t->data;
@@ -2156,6 +2211,7 @@ static void tick_cb(uv_timer_t *t)
 	check_pub_deadlines(c, &c->pending, now);
 	check_pub_deadlines(c, &c->sent, now);
 	check_op_deadlines(c, now);
+	check_liveness(c, now);
 	send_all_settles(c);
 	client_pump(c);
 }
@@ -2178,6 +2234,7 @@ RMQ_API void rmq_options_init(struct rmq_options *o)
 	o->publish_timeout_ms = 30000;
 	o->publish_window = 1000;
 	o->max_backoff_ms = 1000;
+	o->liveness_timeout_ms = 2000;
 }
 
 RMQ_API const char *rmq_strerror(int err)
@@ -2298,6 +2355,9 @@ RMQ_API int rmq_connect(const struct rmq_options *o, struct rmq_client **out)
 	}
 	if (c->o.publish_window == 0) {
 		c->o.publish_window = 1000;
+	}
+	if (c->o.liveness_timeout_ms == 0) {
+		c->o.liveness_timeout_ms = 2000;
 	}
 	if (c->o.max_backoff_ms == 0) {
 		c->o.max_backoff_ms = 1000;

@@ -112,6 +112,7 @@ enum req_kind {
 	REQ_SUBSCRIBE,
 	REQ_SETTLE,
 	REQ_CANCEL,
+	REQ_PING, /* owner is the struct cconn */
 };
 
 /* One request written on a connection and waiting for its Response. The
@@ -150,7 +151,10 @@ struct cconn {
 	unsigned backoff_ms;
 	unsigned failed_attempts; /* consecutive */
 	bool attempted;           /* at least one attempt finished */
-	uint64_t last_fail_at;    /* when the last attempt failed */
+	bool ready;               /* the node answered Hello on this socket */
+	bool ping_inflight;
+	uint64_t last_rx;      /* monotonic ms of the last byte received */
+	uint64_t last_fail_at; /* when the last attempt failed */
 	struct frame_reader fr;
 	struct buf out;  /* frames waiting for the next write */
 	struct buf wbuf; /* frames being written */
@@ -166,8 +170,14 @@ void cconn_ensure(struct cconn *x);
 /* Write @r (its id is set here). With @req non-NULL the request is tracked
  * until its answer; on error nothing is queued and @req is not tracked. */
 int cconn_send(struct cconn *x, struct req *req, Rmq__Request *r);
-/* Drop the connection: in-flight requests complete with RMQ_ECONNECT. */
+/* Drop the connection: in-flight requests complete with RMQ_ECONNECT.
+ * RMQ_ETIMEDOUT (silent node) counts as a failed attempt: backoff, and
+ * routing asks the topology elsewhere instead of waiting for it. */
 void cconn_fail(struct cconn *x, int err);
+/* Connected and the node answered Hello: requests will be served. */
+bool cconn_ready(const struct cconn *x);
+/* Hello answered: the attempt counts as good. */
+void cconn_hello_ok(struct cconn *x);
 /* Shutdown: close every handle of @x. */
 void cconn_shutdown(struct cconn *x);
 void cconn_free(struct cconn *x);
@@ -239,6 +249,7 @@ struct rmq_client {
 	uint64_t topo_gen; /* count of topology answers applied */
 	bool topo_want;
 	bool topo_inflight;
+	unsigned topo_turn; /* rotates topology requests over the nodes */
 	uint64_t topo_next_at;
 	char cluster_name[64];
 };

@@ -1389,6 +1389,16 @@ static void handle_hello(struct node *n, struct conn *c, uint64_t id)
 	conn_send_response(c, &resp);
 }
 
+static void handle_ping(struct conn *c, uint64_t id)
+{
+	Rmq__Response resp = RMQ__RESPONSE__INIT;
+	Rmq__PingResp p = RMQ__PING_RESP__INIT;
+	resp.id = id;
+	resp.body_case = RMQ__RESPONSE__BODY_PING;
+	resp.ping = &p;
+	conn_send_response(c, &resp);
+}
+
 void queues_request(struct node *n, struct conn *c, Rmq__Request *req)
 {
 	bool kept = false;
@@ -1401,6 +1411,9 @@ void queues_request(struct node *n, struct conn *c, Rmq__Request *req)
 	switch (req->body_case) {
 	case RMQ__REQUEST__BODY_HELLO:
 		handle_hello(n, c, req->id);
+		break;
+	case RMQ__REQUEST__BODY_PING:
+		handle_ping(c, req->id);
 		break;
 	case RMQ__REQUEST__BODY_TOPOLOGY:
 		handle_list(n, c, req->id, true);

@@ -48,6 +48,10 @@ struct rmq_options {
 	unsigned publish_timeout_ms; /* until a publish fails; default 30000 */
 	unsigned publish_window;     /* max async publishes in flight; 1000 */
 	unsigned max_backoff_ms;     /* reconnect backoff cap; default 1000 */
+	/* A node that sends nothing for this long is taken for dead (paused,
+	 * hung, host gone): its connection is dropped and its work fails
+	 * over. A ping goes out after half of it. Default 2000. */
+	unsigned liveness_timeout_ms;
 };
 
 RMQ_API void rmq_options_init(struct rmq_options *o);

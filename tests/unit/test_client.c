@@ -326,6 +326,13 @@ static void fake_default(struct fake *f, struct fake_conn *fc,
 		fake_respond(fc, &resp);
 		break;
 	}
+	case RMQ__REQUEST__BODY_PING: {
+		Rmq__PingResp s = RMQ__PING_RESP__INIT;
+		resp.body_case = RMQ__RESPONSE__BODY_PING;
+		resp.ping = &s;
+		fake_respond(fc, &resp);
+		break;
+	}
 	case RMQ__REQUEST__BODY_DELETE: {
 		Rmq__DeleteResp s = RMQ__DELETE_RESP__INIT;
 		resp.body_case = RMQ__RESPONSE__BODY_DELETE;
@@ -799,6 +806,50 @@ static void client_publish_unknown_outcome_resends_same_seq(void **state)
 	fake_stop(f);
 }
 
+/* Node 1 (index 0) freezes at the first publish, like a SIGSTOPped
+ * process: its sockets stay open and it answers nothing, not even a new
+ * connection's Hello. Node 2 takes over as the shard's leader. */
+static bool hook_freeze_leader(struct fake *f, struct fake_conn *fc,
+			       const Rmq__Request *r)
+{
+	if (fc->node == 0 && r->body_case == RMQ__REQUEST__BODY_PUBLISH) {
+		f->count = 1;
+		f->leader[1] = 2;
+	}
+	return fc->node == 0 && f->count == 1;
+}
+
+static void client_silent_node_fails_over(void **state)
+{
+	struct fake *f = fake_start(2, hook_freeze_leader);
+	struct rmq_options o;
+	struct rmq_client *c;
+	struct rec recs[8];
+	uint64_t seq = 0;
+	double t0;
+	int n;
+
+	(void)state;
+	rmq_options_init(&o);
+	o.liveness_timeout_ms = 600;
+	o.publish_timeout_ms = 20000;
+	c = connect_fake(f, 2, &o);
+	t0 = now_s();
+	assert_int_equal(rmq_publish(c, "q", "m", 1, &seq), 0);
+	/* Without liveness the publish would wait for its 20 s deadline. */
+	assert_true(now_s() - t0 < 5.0);
+	n = fake_find(f, RMQ__REQUEST__BODY_PUBLISH, recs, 8);
+	assert_true(n >= 2);
+	assert_int_equal(recs[0].node, 0);
+	assert_int_equal(recs[n - 1].node, 1);
+	assert_int_equal(recs[0].req->publish->producer_seq,
+			 recs[n - 1].req->publish->producer_seq);
+	assert_true(fake_find(f, RMQ__REQUEST__BODY_PING, recs, 8) >= 1);
+	assert_int_equal(recs[0].node, 0);
+	rmq_close(c, 1000);
+	fake_stop(f);
+}
+
 /* First connection: swallow publishes, drop the connection at the 5th. */
 static bool hook_drop_after_five(struct fake *f, struct fake_conn *fc,
 				 const Rmq__Request *r)
@@ -1121,6 +1172,7 @@ int main(void)
 		cmocka_unit_test(client_publish_confirmed_returns_seq),
 		cmocka_unit_test(client_publish_unknown_queue_not_found),
 		cmocka_unit_test(client_publish_not_leader_redirects),
+		cmocka_unit_test(client_silent_node_fails_over),
 		cmocka_unit_test(
 			client_publish_unknown_outcome_resends_same_seq),
 		cmocka_unit_test(client_conn_drop_resends_in_order),
