@@ -112,6 +112,19 @@ static int make_dir(const char *path)
 	return 0;
 }
 
+void shard_tune_raft(struct raft *r, const struct shard_config *c)
+{
+	raft_set_election_timeout(r, c->election_timeout_ms);
+	raft_set_heartbeat_timeout(r, c->heartbeat_timeout_ms);
+	/* Pre-vote: a node back from a pause or a partition finds its
+	 * election timer long expired. Without pre-vote it campaigns at once
+	 * with a higher term, and the healthy leader that sees that term
+	 * steps down: a needless election stalls the shard. With it the node
+	 * first asks whether it could win and, while a leader is alive, is
+	 * told no. (Leadership transfers skip the pre-vote in raft 0.15.) */
+	raft_set_pre_vote(r, true);
+}
+
 int shard_open(uv_loop_t *loop, struct peer_net *net,
 	       const struct shard_config *c, const struct shard_hooks *h,
 	       struct shard **out)
@@ -196,8 +209,7 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 		goto err_after_fsm;
 	}
 	s->raft.data = s;
-	raft_set_election_timeout(&s->raft, c->election_timeout_ms);
-	raft_set_heartbeat_timeout(&s->raft, c->heartbeat_timeout_ms);
+	shard_tune_raft(&s->raft, c);
 	raft_set_snapshot_threshold(&s->raft, c->snapshot_threshold);
 	raft_set_snapshot_trailing(&s->raft, c->snapshot_trailing);
 	/* raft 0.15 waits this long before sending a snapshot again when the

@@ -66,6 +66,10 @@ struct shard_hooks {
 	void (*fatal)(void *data, struct shard *s);
 };
 
+/* The election settings raftmq runs raft with (shard_open applies them;
+ * tests apply them to raft_fixture servers). */
+void shard_tune_raft(struct raft *r, const struct shard_config *c);
+
 int shard_open(uv_loop_t *loop, struct peer_net *net,
 	       const struct shard_config *c, const struct shard_hooks *h,
 	       struct shard **out);

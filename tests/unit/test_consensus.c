@@ -234,6 +234,42 @@ static void leader_change_retry_is_deduplicated(void **state)
 	assert_string_equal(a, b);
 }
 
+/* A follower cut off for many election timeouts (a long GC pause, a
+ * partition) comes back: the leader keeps leading, in the same term. */
+static void returning_follower_does_not_depose_leader(void **state)
+{
+	struct fix *x = *state;
+	struct shard_config sc = {.election_timeout_ms = 1000,
+				  .heartbeat_timeout_ms = 100};
+	for (unsigned i = 0; i < N; i++) {
+		shard_tune_raft(raft_fixture_get(&x->f, i), &sc);
+	}
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	unsigned f = (l + 1) % N;
+	raft_term term = raft_fixture_get(&x->f, l)->current_term;
+	for (unsigned i = 0; i < N; i++) {
+		if (i != f) {
+			raft_fixture_disconnect(&x->f, f, i);
+			raft_fixture_disconnect(&x->f, i, f);
+		}
+	}
+	raft_fixture_step_until_elapsed(&x->f, 10000);
+	assert_int_equal(raft_state(raft_fixture_get(&x->f, l)), RAFT_LEADER);
+	for (unsigned i = 0; i < N; i++) {
+		if (i != f) {
+			raft_fixture_reconnect(&x->f, f, i);
+			raft_fixture_reconnect(&x->f, i, f);
+		}
+	}
+	raft_fixture_step_until_elapsed(&x->f, 3000);
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	assert_int_equal(raft_fixture_leader_index(&x->f), l);
+	assert_int_equal(raft_fixture_get(&x->f, l)->current_term, term);
+	propose(x, make_cmd("q", true, "m", 1, 1));
+	wait_applied(x, f, raft_last_index(raft_fixture_get(&x->f, l)));
+}
+
 static void snapshot_install_lagging_follower_catches_up(void **state)
 {
 	struct fix *x = *state;
@@ -492,6 +528,9 @@ int main(void)
 			setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			leader_change_retry_is_deduplicated, setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			returning_follower_does_not_depose_leader, setup,
+			teardown),
 		cmocka_unit_test_setup_teardown(
 			snapshot_install_lagging_follower_catches_up, setup,
 			teardown),
