@@ -216,6 +216,31 @@ class CheckerTest(unittest.TestCase):
         self.assertAlmostEqual(r["rate_ratio"], 0.5, places=1)
         self.assertEqual(check.violations(r, 0.9), ["availability"])
 
+    def test_availability_is_the_rate_not_just_busy_seconds(self):
+        h = History()
+        seq = 0
+        # 10 s at 10/s, then 10 s of faults at 5/s: every fault second
+        # has confirms, yet only half the fault-free rate.
+        for i in range(200):
+            if i >= 100 and i % 2:
+                continue
+            seq += 1
+            t = T0 + i * 0.1
+            h.ops.append({"t": t, "op": "publish", "client": "p0",
+                          "queue": "q0", "id": "p0-%d" % seq, "n": seq,
+                          "outcome": "ok", "seq": seq})
+            h.ops.append({"t": t, "op": "deliver", "client": "c0",
+                          "queue": "q0", "id": "p0-%d" % seq, "seq": seq,
+                          "redelivered": False})
+        h.ops.append({"t": T0 + 20, "op": "phase", "phase": "drain"})
+        nem = [{"t": T0 + 10, "op": "nemesis", "action": "start"},
+               {"t": T0 + 20, "op": "nemesis", "action": "heal"}]
+        r = self.run_check(h.ops, nem)
+        self.assert_only(r)
+        self.assertAlmostEqual(r["queue_seconds"], 1.0, places=2)
+        self.assertAlmostEqual(r["availability"], 0.5, places=1)
+        self.assertEqual(check.violations(r, 0.9), ["availability"])
+
 
 class CommandLineTest(unittest.TestCase):
     def run_cli(self, ops):

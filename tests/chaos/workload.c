@@ -2,8 +2,10 @@
  *
  * P producer threads, each with its own rmq_client and producer id "pN",
  * publish with confirms (rmq_publish_async, at most --window in flight) to
- * Q queues "chaos-q0".."chaos-q<Q-1>" in rotation, at --rate messages per
- * second each, for --duration seconds. C consumer threads, each with its
+ * Q queues "chaos-q0".."chaos-q<Q-1>", producer N to queue N mod Q (as
+ * applications mostly do: a producer per stream, so a queue whose leader
+ * is being replaced does not hold up the others through a shared window),
+ * at --rate messages per second each, for --duration seconds. C consumer threads, each with its
  * own rmq_client, subscribe to every queue and ack every delivery. After
  * the publish phase comes the drain: consumers go on until every queue is
  * empty (ready = unacked = 0 on the cluster) and no delivery came for
@@ -258,8 +260,7 @@ static void *producer_main(void *arg)
 		n++;
 		x->p = p;
 		x->n = n;
-		/* Rotate, offset per producer so queues get even load. */
-		x->queue = (unsigned)((n + p->index) % g_opt.queues);
+		x->queue = (unsigned)(p->index % g_opt.queues);
 		x->t0 = now_wall();
 		queue_name(x->queue, qn, sizeof qn);
 		len = (size_t)snprintf(body, g_opt.size + 64, "%s-%" PRIu64,
