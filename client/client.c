@@ -70,6 +70,7 @@ struct pub {
 	uint64_t retry_at;
 	uint64_t nf_gen;   /* wait for this topology generation (NOT_FOUND) */
 	uint64_t nf_since; /* first NOT_FOUND answer */
+	uint64_t unknown_since; /* first lookup that did not know the queue */
 	uint32_t shard;
 	struct req *req; /* while sent */
 	rmq_confirm_cb cb;
@@ -167,6 +168,7 @@ struct rmq_consumer {
 	uint64_t retry_at;
 	uint64_t nf_gen;
 	uint64_t nf_since;
+	uint64_t unknown_since; /* first lookup that did not know the queue */
 	struct u64vec unsent[N_OUTCOMES];
 	struct link batches;
 	struct op *sub_op; /* the rmq_subscribe() waiting for the first answer */
@@ -554,6 +556,16 @@ static void topo_apply(struct rmq_client *c, Rmq__TopologyResp *t)
 	c->topo_gen++;
 }
 
+static bool any_shard_leaderless(const struct rmq_client *c)
+{
+	for (size_t i = 0; i < c->n_shards; i++) {
+		if (c->shards[i].leader == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
 static void topo_maybe_send(struct rmq_client *c)
 {
 	Rmq__TopologyReq tr = RMQ__TOPOLOGY_REQ__INIT;
@@ -567,11 +579,15 @@ static void topo_maybe_send(struct rmq_client *c)
 	    client_now() < c->topo_next_at) {
 		return;
 	}
-	/* Ask the meta leader (freshest queue list) every other time, and
-	 * each other node in turn otherwise: a node cut off from its peers
-	 * (partitioned, just restarted) knows no leader, and asking it over
-	 * and over would not find the one the others elected. */
+	/* Ask the meta leader: it has the freshest queue list. While a
+	 * shard has no known leader, ask each other node in turn every other
+	 * time: a node cut off from its peers (partitioned, just restarted)
+	 * knows no leader, and asking it over and over would not find the
+	 * one the others elected. */
 	meta = shard_get(c, 0);
+	if (!any_shard_leaderless(c)) {
+		c->topo_turn = 0;
+	}
 	if (meta != NULL && meta->leader != 0 && c->topo_turn % 2 == 0) {
 		x = conn_for_node(c, meta->leader);
 		if (x != NULL && !cconn_ready(x)) {
@@ -784,6 +800,7 @@ static void pump_pubs(struct rmq_client *c)
 		struct pub *p = container_of(l, struct pub, link);
 		struct shard_state *s = NULL;
 		uint32_t shard = 0;
+		uint64_t since;
 		bool found;
 		struct cconn *x;
 		int rv;
@@ -805,6 +822,11 @@ static void pump_pubs(struct rmq_client *c)
 		}
 		if (!found) {
 			if (p->nf_gen == 0) {
+				/* Never seen: another client may have declared
+				 * it a moment ago. Look for the grace time. */
+				if (p->unknown_since == 0) {
+					p->unknown_since = now;
+				}
 				p->nf_gen = topo_need_gen(c);
 				topo_want(c);
 				continue;
@@ -813,8 +835,9 @@ static void pump_pubs(struct rmq_client *c)
 			 * it may be deleted, or re-declared a moment ago and
 			 * not yet known to the node we asked. Look again for a
 			 * short while before giving up. */
-			if (p->nf_since != 0 &&
-			    now - p->nf_since < RMQ_NOTFOUND_GRACE_MS) {
+			since = p->nf_since != 0 ? p->nf_since
+						 : p->unknown_since;
+			if (since != 0 && now - since < RMQ_NOTFOUND_GRACE_MS) {
 				p->nf_gen = topo_need_gen(c);
 				topo_want(c);
 				continue;
@@ -822,6 +845,7 @@ static void pump_pubs(struct rmq_client *c)
 			pub_finish(c, p, RMQ_ENOTFOUND, 0, NULL);
 			continue;
 		}
+		p->unknown_since = 0;
 		if (p->nf_gen != 0) {
 			p->nf_gen = 0;
 			if (p->nf_since != 0 &&
@@ -987,7 +1011,11 @@ static void consumer_subscribe(struct rmq_client *c, struct rmq_consumer *k,
 	}
 	found = queue_lookup(c, k->queue, &shard);
 	if (!found) {
-		if (k->nf_gen == 0) {
+		if (k->unknown_since == 0) {
+			k->unknown_since = now; /* maybe declared just now */
+		}
+		if (k->nf_gen == 0 ||
+		    now - k->unknown_since < RMQ_NOTFOUND_GRACE_MS) {
 			k->nf_gen = topo_need_gen(c);
 			topo_want(c);
 			return;
@@ -995,6 +1023,7 @@ static void consumer_subscribe(struct rmq_client *c, struct rmq_consumer *k,
 		consumer_fail(c, k, RMQ_ENOTFOUND, NULL);
 		return;
 	}
+	k->unknown_since = 0;
 	if (k->nf_gen != 0) {
 		k->nf_gen = 0;
 		if (k->nf_since != 0 &&

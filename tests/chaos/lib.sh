@@ -21,7 +21,8 @@ CHAOS_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHAOS_PORT_BASE=${CHAOS_PORT_BASE:-19100}
 CHAOS_PROXY=${CHAOS_PROXY:-0}
 CHAOS_NODES=(1 2 3)
-CHAOS_NFT_TABLE="inet raftmq_chaos"
+# One table per port base, so runs on other ports can go on side by side.
+CHAOS_NFT_TABLE=${CHAOS_NFT_TABLE:-"inet raftmq_chaos_$CHAOS_PORT_BASE"}
 
 c_log() { echo "[$(date -u +%T)] chaos: $*" >&2; }
 

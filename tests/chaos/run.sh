@@ -77,6 +77,9 @@ while (($# > 0)); do
 done
 
 [[ $duration =~ ^[0-9]+$ ]] || { echo "run.sh: bad --duration" >&2; exit 2; }
+[[ $CHAOS_PORT_BASE =~ ^[0-9]+$ ]] || { echo "run.sh: bad --port-base" >&2; exit 2; }
+CHAOS_NFT_TABLE="inet raftmq_chaos_$CHAOS_PORT_BASE"
+export CHAOS_NFT_TABLE
 [[ -z $seed ]] && seed=$(($(date +%s%N) % 1000000007))
 [[ $seed =~ ^[0-9]+$ ]] || { echo "run.sh: bad --seed" >&2; exit 2; }
 [[ $nemesis == all ]] && nemesis=$(IFS=,; echo "${ALL_NEMESES[*]}")

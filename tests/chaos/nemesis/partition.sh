@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# partition: nftables rules (table inet raftmq_chaos) dropping peer traffic
+# partition: nftables rules (table inet raftmq_chaos_<port base>) dropping peer traffic
 # between node addresses 127.0.0.X and 127.0.0.Y. Client traffic is not
 # touched. heal deletes the table.
 #   start isolate TARGET   TARGET cut from both others (with 3 nodes, the
