@@ -36,6 +36,7 @@
 #include "client_int.h"
 
 static _Thread_local char tl_last_error[RMQ_MSG_MAX];
+static _Thread_local uint64_t tl_confirm_node;
 
 static void set_last_error(const char *msg)
 {
@@ -75,6 +76,7 @@ struct pub {
 	struct req *req; /* while sent */
 	rmq_confirm_cb cb;
 	void *arg;
+	uint64_t answered_by; /* node id of the answer that completed it */
 	struct waiter *sync;
 	char *queue;
 	uint8_t *body;
@@ -679,9 +681,11 @@ static void pub_finish(struct rmq_client *c, struct pub *p, int status,
 		unlock(c);
 	} else {
 		set_last_error(msg);
+		tl_confirm_node = p->answered_by;
 		if (p->cb != NULL) {
 			p->cb(p->arg, status, seq);
 		}
+		tl_confirm_node = 0;
 		lock(c);
 		c->inflight--;
 		pthread_cond_broadcast(&c->cond);
@@ -733,6 +737,7 @@ static void pub_on_response(struct rmq_client *c, struct pub *p,
 	uint64_t now = client_now();
 
 	p->req = NULL;
+	p->answered_by = resp != NULL && x != NULL ? x->node_id : 0;
 	if (status == 0) {
 		uint64_t seq = resp->body_case == RMQ__RESPONSE__BODY_PUBLISH &&
 					       resp->publish != NULL
@@ -2269,6 +2274,11 @@ RMQ_API void rmq_options_init(struct rmq_options *o)
 RMQ_API const char *rmq_strerror(int err)
 {
 	return codec_strerror(err);
+}
+
+RMQ_API uint64_t rmq_confirm_node(void)
+{
+	return tl_confirm_node;
 }
 
 RMQ_API const char *rmq_last_error(void)

@@ -151,8 +151,15 @@ RMQ_API int rmq_publish(struct rmq_client *c, const char *queue,
 /* Confirm callback: @status is 0 (stored; @seq is its queue seq) or an error
  * as for rmq_publish. Fires exactly once per accepted rmq_publish_async.
  * During the call, rmq_last_error() holds the server's text for a failure,
- * the client's own text (RMQ_ETIMEDOUT), or "" (then use rmq_strerror). */
+ * the client's own text (RMQ_ETIMEDOUT), or "" (then use rmq_strerror),
+ * and rmq_confirm_node() the node that answered. */
 typedef void (*rmq_confirm_cb)(void *arg, int status, uint64_t seq);
+
+/* Inside a confirm callback: the id of the node whose answer completed the
+ * publish (the shard leader that confirmed it), or 0 when no node answered
+ * (timeout, shutdown). For audits such as the chaos suite's check that no
+ * node cut off from the majority ever confirms. */
+RMQ_API uint64_t rmq_confirm_node(void);
 
 /* Publish asynchronously with optional headers. Blocks while publish_window
  * messages are in flight (unless called from a callback, where it returns

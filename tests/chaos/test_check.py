@@ -216,6 +216,27 @@ class CheckerTest(unittest.TestCase):
         self.assertAlmostEqual(r["rate_ratio"], 0.5, places=1)
         self.assertEqual(check.violations(r, 0.9), ["availability"])
 
+    def test_minority_confirm_is_caught(self):
+        h = clean_history()
+        ops = h.finish()
+        pubs = [o for o in ops if o.get("op") == "publish"]
+        t_cut = pubs[10]["t"] - check.MINORITY_GRACE - 0.001
+        for o in pubs:
+            o["node"] = 2
+        nem = [{"t": t_cut, "op": "nemesis", "nemesis": "partition",
+                "action": "start", "mode": "isolate", "node": 2},
+               {"t": pubs[12]["t"] + 0.01, "op": "nemesis",
+                "nemesis": "partition", "action": "heal"}]
+        r = self.run_check(ops, nem)
+        self.assertEqual(r["minority"], 3)
+        self.assertEqual(check.violations(r), ["minority"])
+        # The same confirms from a node of the majority are fine.
+        for o in pubs:
+            o["node"] = 1
+        r = self.run_check(ops, nem)
+        self.assertEqual(r["minority"], 0)
+        self.assertEqual(check.violations(r), [])
+
     def test_availability_is_the_rate_not_just_busy_seconds(self):
         h = History()
         seq = 0

@@ -13,7 +13,8 @@
  *
  * Every operation is one JSON line of the history (--history FILE):
  *   {"t": <unix secs>, "client": "p1", "op": "publish", "queue": "chaos-q0",
- *    "id": "p1-42", "n": 42, "outcome": "ok", "seq": 17, "t0": <invoke>}
+ *    "id": "p1-42", "n": 42, "outcome": "ok", "seq": 17, "t0": <invoke>,
+ *    "node": <id of the node that answered, 0 if none>}
  *   {"t": ..., "client": "c0", "op": "deliver", "queue": ..., "id": ...,
  *    "seq": 17, "redelivered": false, "count": 1}
  *   {"t": ..., "client": "c0", "op": "ack", ..., "outcome": "ok"}
@@ -226,9 +227,9 @@ static void confirm_cb(void *arg, int status, uint64_t seq)
 		 "{\"t\": %.3f, \"t0\": %.3f, \"client\": \"%s\", "
 		 "\"op\": \"publish\", \"queue\": \"%s\", \"id\": \"%s-%" PRIu64
 		 "\", \"n\": %" PRIu64 ", \"outcome\": \"%s\", "
-		 "\"seq\": %" PRIu64 "%s%s%s}",
+		 "\"seq\": %" PRIu64 ", \"node\": %" PRIu64 "%s%s%s}",
 		 now_wall(), x->t0, x->p->name, qn, x->p->name, x->n, x->n,
-		 outcome, status == 0 ? seq : 0,
+		 outcome, status == 0 ? seq : 0, rmq_confirm_node(),
 		 status != 0 ? ", \"error\": \"" : "", err,
 		 status != 0 ? "\"" : "");
 	hist_write(line);

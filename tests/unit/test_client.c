@@ -874,6 +874,7 @@ struct confirms {
 	int ok;
 	int failed;
 	uint64_t seqs[16];
+	uint64_t nodes[16]; /* rmq_confirm_node() in each good confirm */
 };
 
 static void confirm_cb(void *arg, int status, uint64_t seq)
@@ -882,6 +883,7 @@ static void confirm_cb(void *arg, int status, uint64_t seq)
 
 	pthread_mutex_lock(&cf->mu);
 	if (status == 0) {
+		cf->nodes[cf->ok] = rmq_confirm_node();
 		cf->seqs[cf->ok++] = seq;
 	} else {
 		cf->failed++;
@@ -908,6 +910,11 @@ static void client_conn_drop_resends_in_order(void **state)
 	assert_int_equal(rmq_flush(c, 5000), 0);
 	assert_int_equal(cf.ok, 5);
 	assert_int_equal(cf.failed, 0);
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(cf.nodes[i],
+				 1); /* the fake's node 1 answered */
+	}
+	assert_int_equal(rmq_confirm_node(), 0); /* outside a callback */
 	n = fake_find(f, RMQ__REQUEST__BODY_PUBLISH, recs, 16);
 	assert_int_equal(n, 10);
 	for (int i = 0; i < 5; i++) {
