@@ -3,12 +3,14 @@
 # JetStream (R3), each a three-node cluster on 127.0.0.1, all driven by the
 # same raftmq-bench binary on this machine.
 #
-# Usage: bench/compare.sh [--quick] [--brokers LIST] [--out DIR] [--keep]
+# Usage: bench/compare.sh [--quick] [--brokers LIST] [--scenarios LIST]
+#                         [--out DIR] [--keep]
 #
 #   --quick          one short run per scenario (under 3 minutes in all);
 #                    without it every scenario runs 3 times (median, range)
 #   --brokers LIST   comma-separated subset of rabbitmq,nats,raftmq
 #                    (default: all three, in that order)
+#   --scenarios LIST comma-separated subset of a,b,c,d,e (default: all)
 #   --out DIR        where the per-run JSON and the tables go (default
 #                    results/compare-<UTC time>/ in the repository)
 #   --keep           keep the brokers' data dirs and logs (temp dir)
@@ -38,6 +40,7 @@ QUICK=0
 BROKERS=rabbitmq,nats,raftmq
 OUT=""
 KEEP=0
+SCENARIO_LIST=""
 
 usage() {
 	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -49,6 +52,10 @@ while (($# > 0)); do
 	--quick) QUICK=1 ;;
 	--brokers)
 		BROKERS=${2:?--brokers needs a list}
+		shift
+		;;
+	--scenarios)
+		SCENARIO_LIST=${2:?--scenarios needs a list}
 		shift
 		;;
 	--out)
@@ -79,7 +86,13 @@ if ((QUICK)); then
 else
 	REPEATS=3 DURATION=15 WARMUP=3 BACKLOG=1000000
 fi
-SCENARIOS=(a b c d e)
+IFS=, read -r -a SCENARIOS <<<"${SCENARIO_LIST:-a,b,c,d,e}"
+for s in "${SCENARIOS[@]}"; do
+	[[ $s == [a-e] ]] || {
+		echo "compare: unknown scenario '$s'" >&2
+		exit 2
+	}
+done
 
 say() { echo "[compare $(date -u +%T)] $*" >&2; }
 die() {
