@@ -118,9 +118,20 @@ start_node() {
 	' chaos-node "$log" "$pidf" ${wrap[@]+"${wrap[@]}"} "$CHAOS_BIN/raftmqd" \
 		--config "$CHAOS_DIR/node$n.ini" </dev/null >/dev/null 2>&1 &
 	disown $! 2>/dev/null || true # no "Killed" notes from bash
-	for ((i = 0; i < 100; i++)); do
+	# A loaded machine can take seconds to get there: wait up to 10 s.
+	for ((i = 0; i < 500; i++)); do
 		[[ -f $pidf ]] && break
 		sleep 0.02
+	done
+}
+
+# node_pid, waiting up to $2 seconds for a node being started to show up.
+node_pid_wait() {
+	local n=$1 i pid
+	for ((i = 0; i < ${2:-5} * 10; i++)); do
+		pid=$(node_pid "$n")
+		[[ -n $pid ]] && { echo "$pid"; return 0; }
+		sleep 0.1
 	done
 }
 

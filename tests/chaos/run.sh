@@ -239,7 +239,7 @@ while read -r at hold name args; do
 	"$HERE/nemesis/$name.sh" heal || c_log "nemesis $name heal failed"
 	# A node that died on its own (not one we killed) is a finding.
 	for n in "${CHAOS_NODES[@]}"; do
-		if [[ -z $(node_pid "$n") && ! -f $CHAOS_DIR/nemesis-kill.state &&
+		if [[ -z $(node_pid_wait "$n" 5) && ! -f $CHAOS_DIR/nemesis-kill.state &&
 			! -f $CHAOS_DIR/nemesis-restart-all.state ]]; then
 			# Under disk faults a node that cannot apply stops itself
 			# (exit 1, "cannot apply entries any more"): that
