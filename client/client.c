@@ -310,6 +310,7 @@ static struct shard_state *shard_get(struct rmq_client *c, uint32_t id)
 	c->shards = v;
 	memset(&v[c->n_shards], 0, sizeof *v);
 	v[c->n_shards].id = id;
+	v[c->n_shards].epoch = 1;
 	return &v[c->n_shards++];
 }
 
@@ -710,6 +711,12 @@ static void pending_insert(struct rmq_client *c, struct pub *p)
 
 static void pub_requeue(struct rmq_client *c, struct pub *p)
 {
+	/* What is resent goes with a higher epoch than anything the server
+	 * may have fenced off after refusing one of them. */
+	struct shard_state *s = shard_get(c, p->shard);
+	if (s != NULL) {
+		s->epoch++;
+	}
 	req_detach(&p->req);
 	list_remove(&p->link);
 	pending_insert(c, p);
@@ -768,6 +775,7 @@ static int pub_send(struct rmq_client *c, struct pub *p, struct cconn *x)
 	Rmq__PublishReq pr = RMQ__PUBLISH_REQ__INIT;
 	Rmq__Request r = RMQ__REQUEST__INIT;
 	struct req *req = req_new(c, REQ_PUBLISH, p, 0);
+	struct shard_state *s;
 	int rv;
 
 	if (req == NULL) {
@@ -780,6 +788,8 @@ static int pub_send(struct rmq_client *c, struct pub *p, struct cconn *x)
 	pr.headers = p->hdrp;
 	pr.producer_id = c->producer_id;
 	pr.producer_seq = p->pseq;
+	s = shard_get(c, p->shard);
+	pr.epoch = s != NULL ? s->epoch : 0;
 	r.body_case = RMQ__REQUEST__BODY_PUBLISH;
 	r.publish = &pr;
 	rv = cconn_send(x, req, &r);

@@ -189,6 +189,7 @@ struct shard_state {
 	uint64_t leader;   /* node id, 0 unknown */
 	uint64_t retry_at; /* no request to it before this time (backoff) */
 	uint64_t blocked;  /* pump pass in which it was found unroutable */
+	uint64_t epoch;    /* resend epoch of its publishes, from 1 */
 };
 
 struct node_addr {

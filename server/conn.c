@@ -23,6 +23,10 @@
 static void conn_free(struct conn *c)
 {
 	frame_reader_close(&c->reader);
+	for (size_t i = 0; i < c->n_fences; i++) {
+		free(c->fences[i].queue);
+	}
+	free(c->fences);
 	free(c->out);
 	free(c->wbuf);
 	free(c);

@@ -523,10 +523,78 @@ static void pending_release(struct pending *p)
 	conn_unref(p->conn);
 }
 
+#define MAX_FENCES 256
+
+static struct fence *fence_find(struct conn *c, const char *queue)
+{
+	for (size_t i = 0; i < c->n_fences; i++) {
+		if (strcmp(c->fences[i].queue, queue) == 0) {
+			return &c->fences[i];
+		}
+	}
+	return NULL;
+}
+
+/* A publish to @queue of @epoch on @c was refused with @err. Unless the
+ * refusal is definite (the client gives that message up), publishes sent
+ * after it could be stored ahead of it, and a producer's messages would
+ * not be in publish order any more. So publishes to @queue of epochs up to
+ * @epoch are refused from now on; the client resends from the refused one
+ * with a higher epoch. */
+static void fence_publishes(struct conn *c, const char *queue, uint64_t epoch,
+			    int err)
+{
+	struct fence *f, *v;
+
+	if (epoch == 0 || err == RMQ_ETOOLARGE || err == RMQ_EFULL) {
+		return;
+	}
+	f = fence_find(c, queue);
+	if (f != NULL) {
+		if (epoch > f->epoch) {
+			f->epoch = epoch;
+		}
+		return;
+	}
+	if (c->n_fences == MAX_FENCES) {
+		/* Far more queues than a client uses at once: forget the
+		 * oldest fence rather than grow without bound. */
+		free(c->fences[0].queue);
+		memmove(c->fences, c->fences + 1,
+			(c->n_fences - 1) * sizeof *c->fences);
+		c->n_fences--;
+	}
+	v = realloc(c->fences, (c->n_fences + 1) * sizeof *v);
+	if (v == NULL) {
+		return;
+	}
+	c->fences = v;
+	v[c->n_fences].queue = strdup(queue);
+	if (v[c->n_fences].queue == NULL) {
+		return;
+	}
+	v[c->n_fences++].epoch = epoch;
+}
+
+static bool fenced(struct conn *c, const char *queue, uint64_t epoch)
+{
+	const struct fence *f;
+
+	if (epoch == 0 || c->n_fences == 0) {
+		return false;
+	}
+	f = fence_find(c, queue);
+	return f != NULL && epoch <= f->epoch;
+}
+
 static void fail_items(struct pending *items, size_t n, int err,
 		       const char *msg)
 {
 	for (size_t i = 0; i < n; i++) {
+		if (items[i].type == PENDING_PUBLISH) {
+			fence_publishes(items[i].conn, items[i].queue->name,
+					items[i].epoch, err);
+		}
 		if (conn_alive(items[i].conn)) {
 			conn_send_error(items[i].conn, items[i].req_id, err,
 					msg);
@@ -572,6 +640,9 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 			}
 			deliver(n, p->queue);
 		}
+		if (status != 0 && p->type == PENDING_PUBLISH) {
+			fence_publishes(c, p->queue->name, p->epoch, status);
+		}
 		if (!conn_alive(c)) {
 			pending_release(p);
 			continue;
@@ -596,6 +667,8 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 				err = RMQ_ELEADERLOST;
 			}
 			if (err != 0 || res == NULL) {
+				fence_publishes(c, p->queue->name, p->epoch,
+						err ? err : RMQ_EINTERNAL);
 				reply_publish_error(n, c, p->req_id, p->queue,
 						    err ? err : RMQ_EINTERNAL,
 						    0);
@@ -890,6 +963,10 @@ void queues_flush(struct node *n, unsigned i)
 	if (shard_role(n->shards[i]) != SHARD_LEADER) {
 		for (size_t k = 0; k < b->n; k++) {
 			struct pending *p = &b->items[k];
+			if (p->type == PENDING_PUBLISH) {
+				fence_publishes(p->conn, p->queue->name,
+						p->epoch, RMQ_ENOTLEADER);
+			}
 			if (conn_alive(p->conn)) {
 				reply_not_leader(n, p->conn, p->req_id, i);
 			}
@@ -1070,8 +1147,16 @@ static bool handle_publish(struct node *n, struct conn *c, Rmq__Request *req)
 	struct queue *q = table_get(n, p->queue);
 	char msg[STORE_MAX_NAME + 64];
 
+	if (fenced(c, p->queue, p->epoch)) {
+		conn_send_error(c, req->id, RMQ_EUNAVAIL,
+				"an earlier publish to this queue on this "
+				"connection was refused: resend from it with "
+				"a higher epoch");
+		return false;
+	}
 	if (q == NULL || !q->placed) {
 		snprintf(msg, sizeof msg, "no such queue: %s", p->queue);
+		fence_publishes(c, p->queue, p->epoch, RMQ_ENOTFOUND);
 		conn_send_error(c, req->id, RMQ_ENOTFOUND, msg);
 		return false;
 	}
@@ -1081,11 +1166,13 @@ static bool handle_publish(struct node *n, struct conn *c, Rmq__Request *req)
 		return false;
 	}
 	if (!check_leader(n, c, req->id, q->shard)) {
+		fence_publishes(c, p->queue, p->epoch, RMQ_ENOTLEADER);
 		return false;
 	}
 	if (q->stored && q->stored_gen != q->placement.gen) {
 		snprintf(msg, sizeof msg, "queue %s is being recreated, retry",
 			 q->name);
+		fence_publishes(c, p->queue, p->epoch, RMQ_EUNAVAIL);
 		conn_send_error(c, req->id, RMQ_EUNAVAIL, msg);
 		return false;
 	}
@@ -1101,9 +1188,11 @@ static bool handle_publish(struct node *n, struct conn *c, Rmq__Request *req)
 		.req_id = req->id,
 		.queue = q,
 		.req = req,
+		.epoch = p->epoch,
 	};
 	struct batch *b = &n->batches[q->shard];
 	if (batch_add(b, &pe, p->body.len) != 0) {
+		fence_publishes(c, p->queue, p->epoch, RMQ_ENOMEM);
 		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return false;
 	}

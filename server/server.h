@@ -31,6 +31,11 @@ struct consumer;
 
 /* ---- conn.c ---------------------------------------------------------- */
 
+struct fence {
+	char *queue; /* owned */
+	uint64_t epoch;
+};
+
 struct conn {
 	struct node *node;
 	uv_tcp_t tcp;
@@ -46,6 +51,11 @@ struct conn {
 	bool close_after_flush;
 	unsigned refs;              /* the connection list + pending requests */
 	struct consumer *consumers; /* owned list */
+	/* Per queue: publishes of epoch <= fence are refused, because one
+	 * of them was refused with a retryable error and must not be
+	 * overtaken (see fence_publishes in queues.c). Few and rare. */
+	struct fence *fences; /* owned */
+	size_t n_fences;
 	struct conn *prev, *next;
 	char peer[64];
 };
@@ -74,6 +84,7 @@ struct pending {
 	Rmq__Request *req; /* owned until the batch is encoded */
 	size_t op;         /* index of its op in the command */
 	size_t msg;        /* PUBLISH: index within the op's messages */
+	uint64_t epoch;    /* PUBLISH: the client's resend epoch */
 };
 
 struct batch {

@@ -15,6 +15,11 @@ Usage: rawclient.py HOST:PORT CASE      (exit 0 = the server behaved)
              an error reply (if any) and the connection closed within 2 s
   hold Q N   subscribe to queue Q, keep N deliveries unacked, print
              "held <seqs>", exit when the server closes the connection
+  fence Q    (to a node that does not lead Q's shard) a publish refused
+             with NOT_LEADER fences Q on the connection: the same epoch is
+             refused with UNAVAILABLE, a higher one is not, epoch 0 never
+  fence-leader Q  (to Q's leader) a publish to an unknown queue fences
+             only that queue: Q still takes publishes of the same epoch
 rawclient.py selftest                   check the encoder/decoder
 """
 import os
@@ -364,7 +369,65 @@ def case_hold(addr, queue, count):
     return 0 if len(seqs) >= count else 1
 
 
-CASES = {"hello": case_hello, "truncated": case_truncated,
+def publish_request(req_id, queue, body, epoch):
+    # Request { id = 1; publish = 7 { queue = 1, body = 2, producer_id = 4,
+    #                                 producer_seq = 5, epoch = 6 } }
+    pub = enc_msg((1, queue), (2, body), (4, "rawclient-fence"),
+                  (5, req_id), (6, epoch or None))
+    return enc_msg((1, req_id), (7, pub))
+
+
+def ask(sock, reader, payload, req_id):
+    """Send one request and return its response frame (dict)."""
+    sock.sendall(frame(payload))
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed by the server")
+        for f in reader.feed(data):
+            r = parse_server_frame(f)
+            if r.get("kind") == "response" and r.get("id") == req_id:
+                return r
+
+
+def expect_steps(addr, steps):
+    """steps: (queue, epoch, expected error or "OK"); all in order on one
+    connection. Prints each outcome; 0 if every one matched."""
+    sock = connect(addr, timeout=10.0)
+    reader = FrameReader()
+    bad = 0
+    for i, (queue, epoch, want) in enumerate(steps, 1):
+        r = ask(sock, reader, publish_request(i, queue, b"fence-%d" % i,
+                                              epoch), i)
+        got = r.get("error", "OK")
+        ok = got == want
+        bad += not ok
+        print("%s publish %s epoch %d: %s%s" % (
+            "ok:" if ok else "WRONG:", queue, epoch, got,
+            "" if ok else " (want %s; %s)" % (want, r.get("message"))))
+    sock.close()
+    return 1 if bad else 0
+
+
+def case_fence(addr, queue):
+    return expect_steps(addr, [(queue, 5, "NOT_LEADER"),
+                               (queue, 5, "UNAVAILABLE"),
+                               (queue, 4, "UNAVAILABLE"),
+                               (queue, 6, "NOT_LEADER"),
+                               (queue, 0, "NOT_LEADER"),
+                               (queue, 0, "NOT_LEADER")])
+
+
+def case_fence_leader(addr, queue):
+    ghost = queue + "-no-such-queue"
+    return expect_steps(addr, [(ghost, 3, "NOT_FOUND"),
+                               (ghost, 3, "UNAVAILABLE"),
+                               (queue, 3, "OK"),
+                               (ghost, 4, "NOT_FOUND")])
+
+
+CASES = {"fence": case_fence, "fence-leader": case_fence_leader,
+         "hello": case_hello, "truncated": case_truncated,
          "huge": case_huge, "garbage": case_garbage, "hold": case_hold}
 
 

@@ -73,6 +73,19 @@ t_expect_fail "f: re-declare with other settings" "exists" \
 	rmq queue declare q --max-length 10
 t_roundtrip
 
+# f2: publish ordering fence. A publish refused with a retryable error
+# (NOT_LEADER, NOT_FOUND, ...) fences its queue on that connection: later
+# publishes of the same resend epoch are refused, so none of them can be
+# stored ahead of the refused one the client will resend.
+leader=$(t_wait_queue_leader q) || t_fail "f2: no leader for q"
+follower=$((leader % 3 + 1))
+out=$(raw "$(t_client_addr "$follower")" fence q) ||
+	t_fail "f2: fence on follower $follower: $out"
+out=$(raw "$(t_client_addr "$leader")" fence-leader q) ||
+	t_fail "f2: fence on leader $leader: $out"
+t_log "ok: f2 (fence: refused publishes are not overtaken)"
+t_roundtrip
+
 # g: a node of another cluster knocks on node 1's peer port.
 P=$((RAFTMQ_PORT_BASE + 9))
 before=$(grep -cF "peer rejected" "$RAFTMQ_DIR/node1.log" || true)

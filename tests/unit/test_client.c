@@ -768,6 +768,10 @@ static void client_publish_not_leader_redirects(void **state)
 			    recs[1].req->publish->producer_id);
 	assert_int_equal(recs[0].req->publish->producer_seq,
 			 recs[1].req->publish->producer_seq);
+	/* The resend goes with a higher epoch than the refused publish, so
+	 * a server that fenced the refused one takes it. */
+	assert_true(recs[0].req->publish->epoch >= 1);
+	assert_true(recs[1].req->publish->epoch > recs[0].req->publish->epoch);
 	rmq_close(c, 1000);
 	fake_stop(f);
 }
