@@ -299,11 +299,18 @@ static void prepare_cb(uv_prepare_t *h)
 	}
 }
 
+/* Every tick (200 ms), drop the LMDB pages this process mapped by reading
+ * and writing: they stay in the page cache, but no longer count in its RSS,
+ * which would otherwise grow with everything read back (a backlog). */
 static void tick_cb(uv_timer_t *t)
 {
 	struct node *n = t->data;
-	if (!n->stopping) {
-		queues_tick(n);
+	if (n->stopping) {
+		return;
+	}
+	queues_tick(n);
+	for (unsigned i = 0; i < n->n_shards; i++) {
+		store_release_map(shard_store(n->shards[i]));
 	}
 }
 
