@@ -220,9 +220,10 @@ static int open_shards(struct node *n)
 			.dir = dir,
 			.election_timeout_ms = n->cfg.election_timeout_ms,
 			.heartbeat_timeout_ms = n->cfg.heartbeat_timeout_ms,
+			.cluster_id = n->cluster_id,
 			.snapshot_threshold = n->cfg.snapshot_threshold,
 			.snapshot_trailing = n->cfg.snapshot_trailing,
-			.snapshot_max_bytes = n->cfg.snapshot_max_bytes,
+			.log_cache_bytes = n->cfg.log_cache_bytes,
 			.map_size = n->cfg.map_size,
 			.segment_size = segment_size(&n->cfg),
 		};
