@@ -10,11 +10,11 @@
  * then raft_uv's snapshot_put, then submits the appends held meanwhile.
  *
  * Failure modes: no peer gives a copy at or past the index (down, behind,
- * a broken stream): retry every second, and log; a replica that got
- * elected leader meanwhile cannot wait (nothing commits while its appends
- * are held, maybe not even the index it needs) and stops through
- * fatal_cb; the store cannot be synced or reopened: fatal_cb; closing:
- * workers stop at their next read or write, the waiting put fails with
+ * a broken stream): retry every second, and log (a replica elected leader
+ * meanwhile commits nothing until then; if the only peers whose store
+ * could reach the index need this replica to commit it, the shard waits
+ * for another peer to return); the store cannot be synced or reopened:
+ * fatal_cb; closing: workers stop at their next read or write, the waiting put fails with
  * RAFT_CANCELED and the held appends with RAFT_CANCELED.
  *
  * Serving: peer_net hands over a fetch connection; its fd is duplicated
@@ -43,7 +43,6 @@
 
 #define CATCHUP_RETRY_MS 1000
 #define CATCHUP_IO_TIMEOUT_S 10
-#define CATCHUP_LEADER_ROUNDS 5 /* failed rounds a leader waits */
 
 /* ---- sockets (workers) ----------------------------------------------- */
 
@@ -273,25 +272,18 @@ static void fetch_after_cb(uv_work_t *w, int status)
 	}
 	if (rv != 0) {
 		c->failed_rounds++;
-		if (raft_state(c->raft) == RAFT_LEADER &&
-		    c->failed_rounds >= CATCHUP_LEADER_ROUNDS) {
-			/* Elected while behind: nothing commits while our
-			 * appends wait, so a peer may never reach the index
-			 * we need. Stop; a restart replays our old log. */
-			fprintf(stderr,
-				"raftmq: shard %u: FATAL: leader while its "
-				"state fetch keeps failing\n",
-				c->shard_id);
-			if (c->fatal_cb != NULL) {
-				c->fatal_cb(c->cb_arg);
-			}
-		}
 		if (c->failed_rounds == 1 || c->failed_rounds % 30 == 0) {
+			/* Until a peer's store reaches the index, this
+			 * replica acks nothing of the shard (nor commits, if
+			 * it was elected meanwhile). */
 			fprintf(stderr,
 				"raftmq: shard %u: no peer could give the "
-				"state at index %llu yet (%s); retrying\n",
+				"state at index %llu yet (%s); retrying%s\n",
 				c->shard_id, (unsigned long long)c->put.index,
-				codec_strerror(rv));
+				codec_strerror(rv),
+				raft_state(c->raft) == RAFT_LEADER
+					? " (as leader: nothing commits meanwhile)"
+					: "");
 		}
 		c->state = CATCHUP_RETRY;
 		uv_timer_start(&c->retry, retry_cb, CATCHUP_RETRY_MS, 0);

@@ -368,7 +368,8 @@ static int fsm_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
  * A snapshot is not the state: it is a 48-byte descriptor naming the
  * state it stands for, which lives in the shard's LMDB environment.
  *   u32 magic "RMQD" | u32 version (1) | u32 shard id | u32 zero |
- *   u64 raft index covered | u64 node that took it | u64 cluster id |
+ *   u64 applied index of the store | u64 node that took it |
+ *   u64 cluster id |
  *   u64 FNV-1a 64 of the 40 bytes before
  * catchup.c makes sure raft never persists a descriptor unless the local
  * store is durable at or past its index; restore then has nothing to do.
@@ -438,13 +439,17 @@ static int fsm_snapshot_cb(struct raft_fsm *rfsm, struct raft_buffer *bufs[],
 		.shard_id = s->shard_id,
 		.node_id = s->node_id,
 		.cluster_id = s->cluster_id,
-		/* raft snapshots at its last applied index, and every applied
-		 * index is in the store (apply is synchronous). */
-		.index = raft_last_applied(s->raft),
 	};
+	/* The store's applied index, not raft's: entries after the last
+	 * command (barriers, configuration changes) leave no trace in the
+	 * store, and a store at or past this index holds every command the
+	 * snapshot covers. */
+	if (applied_index(s->store, &d.index) != 0) {
+		return RAFT_BUSY; /* raft retries at the next threshold */
+	}
 	*bufs = raft_malloc(sizeof **bufs);
 	if (*bufs == NULL) {
-		return RAFT_BUSY; /* raft retries at the next threshold */
+		return RAFT_BUSY;
 	}
 	(*bufs)[0].base = raft_malloc(DESC_LEN);
 	if ((*bufs)[0].base == NULL) {

@@ -63,7 +63,7 @@ int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len);
  * shard's store, not the state itself (see fsm.c). */
 struct fsm_descriptor {
 	uint32_t shard_id;
-	uint64_t index;      /* raft index the store covers (at least) */
+	uint64_t index;      /* applied index of the store it refers to */
 	uint64_t node_id;    /* node whose store the snapshot was taken of */
 	uint64_t cluster_id; /* 0 in tests that have no cluster id */
 };

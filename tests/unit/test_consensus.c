@@ -359,6 +359,39 @@ static void snapshot_install_lagging_follower_catches_up(void **state)
 	assert_int_equal(x->r[lag].fr.restores, 1);
 }
 
+static void barrier_cb(struct raft_barrier *req, int status)
+{
+	(void)status;
+	free(req);
+}
+
+/* Barriers and configuration entries leave no trace in the store: a
+ * descriptor taken after one must name the store's index, or no store
+ * would ever be found to cover it. */
+static void snapshot_after_barrier_names_store_index(void **state)
+{
+	struct fix *x = *state;
+	struct raft_buffer *bufs;
+	unsigned n_bufs;
+	struct fsm_descriptor d;
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	struct raft *r = raft_fixture_get(&x->f, l);
+	propose(x, make_cmd("q", true, "b", 2, 1));
+	struct raft_barrier *b = calloc(1, sizeof *b);
+	assert_int_equal(raft_barrier(r, b, barrier_cb), 0);
+	raft_index idx = raft_last_index(r);
+	wait_applied(x, l, idx);
+	uint64_t stored = store_index(x->r[l].store);
+	assert_true(raft_last_applied(r) > stored);
+	assert_int_equal(
+		x->r[l].fr.rfsm.snapshot(&x->r[l].fr.rfsm, &bufs, &n_bufs), 0);
+	assert_int_equal(fsm_descriptor_decode(bufs[0].base, bufs[0].len, &d),
+			 0);
+	assert_int_equal(d.index, stored);
+	x->r[l].fr.rfsm.snapshot_finalize(&x->r[l].fr.rfsm, &bufs, &n_bufs);
+}
+
 static void restore_of_descriptor_ahead_of_store_fails(void **state)
 {
 	(void)state;
@@ -875,6 +908,9 @@ int main(void)
 			leader_change_retry_is_deduplicated, setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			snapshot_install_lagging_follower_catches_up, setup,
+			teardown),
+		cmocka_unit_test_setup_teardown(
+			snapshot_after_barrier_names_store_index, setup,
 			teardown),
 		cmocka_unit_test(restore_of_descriptor_ahead_of_store_fails),
 		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
