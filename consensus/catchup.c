@@ -198,9 +198,6 @@ static void fetch_work_cb(uv_work_t *w)
 			"%s\n",
 			c->shard_id, (unsigned long long)c->peers[i].id,
 			c->peers[i].address, codec_strerror(rv));
-		if (rv == RMQ_EUNAVAIL || rv == RMQ_ECORRUPT) {
-			c->refused++; /* racy counter, for tests only */
-		}
 	}
 	c->work_status = rv;
 }

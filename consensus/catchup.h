@@ -117,7 +117,6 @@ struct catchup {
 
 	/* Counters, for tests and logs. */
 	uint64_t fetches; /* copies swapped in */
-	uint64_t refused; /* copies refused (below the index, bad) */
 	uint64_t served;  /* copies served to peers */
 };
 
