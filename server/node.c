@@ -220,10 +220,9 @@ static int open_shards(struct node *n)
 			.dir = dir,
 			.election_timeout_ms = n->cfg.election_timeout_ms,
 			.heartbeat_timeout_ms = n->cfg.heartbeat_timeout_ms,
-			.cluster_id = n->cluster_id,
 			.snapshot_threshold = n->cfg.snapshot_threshold,
 			.snapshot_trailing = n->cfg.snapshot_trailing,
-			.log_cache_bytes = n->cfg.log_cache_bytes,
+			.snapshot_max_bytes = n->cfg.snapshot_max_bytes,
 			.map_size = n->cfg.map_size,
 			.segment_size = segment_size(&n->cfg),
 		};
@@ -300,18 +299,11 @@ static void prepare_cb(uv_prepare_t *h)
 	}
 }
 
-/* Every tick (200 ms), drop the LMDB pages this process mapped by reading
- * and writing: they stay in the page cache, but no longer count in its RSS,
- * which would otherwise grow with everything read back (a backlog). */
 static void tick_cb(uv_timer_t *t)
 {
 	struct node *n = t->data;
-	if (n->stopping) {
-		return;
-	}
-	queues_tick(n);
-	for (unsigned i = 0; i < n->n_shards; i++) {
-		store_release_map(shard_store(n->shards[i]));
+	if (!n->stopping) {
+		queues_tick(n);
 	}
 }
 
