@@ -28,6 +28,7 @@
  * (OP_NEW -> OP_SENT -> done), completed exactly once, by its answer, its
  * deadline or the shutdown. */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2263,7 +2264,16 @@ static void tick_cb(uv_timer_t *t)
 static void io_main(void *arg)
 {
 	struct rmq_client *c = arg;
+	sigset_t pipe_set;
 
+	/* A write to a socket the server just closed raises SIGPIPE in the
+	 * writing thread, and its default action kills the application.
+	 * Blocked in this thread (the only one that writes), the write fails
+	 * with EPIPE instead and the connection fails over; the process's
+	 * own signal dispositions stay the application's business. */
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
 	c->io_tid = uv_thread_self();
 	uv_run(&c->loop, UV_RUN_DEFAULT);
 }

@@ -6,6 +6,7 @@
  * what the client library did on the wire and what it returned. */
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -879,7 +880,25 @@ struct confirms {
 	int failed;
 	uint64_t seqs[16];
 	uint64_t nodes[16]; /* rmq_confirm_node() in each good confirm */
+	int pipe_unblocked; /* callbacks run with SIGPIPE deliverable */
 };
+
+static void count_cb(void *arg, int status, uint64_t seq)
+{
+	struct confirms *cf = arg;
+	sigset_t cur;
+
+	(void)seq;
+	pthread_sigmask(SIG_BLOCK, NULL, &cur);
+	pthread_mutex_lock(&cf->mu);
+	cf->pipe_unblocked += !sigismember(&cur, SIGPIPE);
+	if (status == 0) {
+		cf->ok++;
+	} else {
+		cf->failed++;
+	}
+	pthread_mutex_unlock(&cf->mu);
+}
 
 static void confirm_cb(void *arg, int status, uint64_t seq)
 {
@@ -945,6 +964,57 @@ static bool hook_too_large(struct fake *f, struct fake_conn *fc,
 		return true;
 	}
 	return false;
+}
+
+/* First connection: close it at the first publish, while the client still
+ * has megabytes to write into it. */
+static bool hook_close_at_first(struct fake *f, struct fake_conn *fc,
+				const Rmq__Request *r)
+{
+	if (r->body_case != RMQ__REQUEST__BODY_PUBLISH) {
+		return false;
+	}
+	if (f->saved == 0) {
+		f->saved = (uint64_t)fc->serial;
+	}
+	if ((uint64_t)fc->serial == f->saved) {
+		if (f->count++ == 0) {
+			fake_conn_close(fc);
+		}
+		return true;
+	}
+	return false;
+}
+
+/* A server that hangs up while the client writes must not kill the
+ * application with SIGPIPE (its default action): the client fails over
+ * and every publish is confirmed on the next connection. */
+static void client_server_hangup_no_sigpipe(void **state)
+{
+	struct fake *f = fake_start(1, hook_close_at_first);
+	struct rmq_options o;
+	struct rmq_client *c;
+	struct confirms cf = {.mu = PTHREAD_MUTEX_INITIALIZER};
+	static char body[64 * 1024];
+	void (*old)(int) = signal(SIGPIPE, SIG_DFL);
+
+	(void)state;
+	memset(body, 'x', sizeof body);
+	rmq_options_init(&o);
+	o.publish_window = 200;
+	c = connect_fake(f, 1, &o);
+	for (int i = 0; i < 200; i++) {
+		assert_int_equal(rmq_publish_async(c, "q", body, sizeof body,
+						   NULL, 0, count_cb, &cf),
+				 0);
+	}
+	assert_int_equal(rmq_flush(c, 20000), 0);
+	assert_int_equal(cf.ok, 200);
+	/* Callbacks run on the I/O thread, the one that writes to sockets. */
+	assert_int_equal(cf.pipe_unblocked, 0);
+	rmq_close(c, 1000);
+	fake_stop(f);
+	signal(SIGPIPE, old);
 }
 
 static void client_publish_too_large_keeps_message(void **state)
@@ -1184,6 +1254,7 @@ int main(void)
 		cmocka_unit_test(client_publish_unknown_queue_not_found),
 		cmocka_unit_test(client_publish_not_leader_redirects),
 		cmocka_unit_test(client_silent_node_fails_over),
+		cmocka_unit_test(client_server_hangup_no_sigpipe),
 		cmocka_unit_test(
 			client_publish_unknown_outcome_resends_same_seq),
 		cmocka_unit_test(client_conn_drop_resends_in_order),
