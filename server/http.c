@@ -224,6 +224,30 @@ static void async_close_cb(uv_handle_t *handle)
 	free(h);
 }
 
+/* Like peer_net_parse_address(), and port 0 (any free port) is allowed. */
+static int parse_address(const char *address, struct sockaddr_storage *addr)
+{
+	char buf[80];
+	size_t len = strlen(address);
+
+	if (len < 2 || len >= sizeof buf - 1 ||
+	    strcmp(address + len - 2, ":0") != 0) {
+		return peer_net_parse_address(address, addr);
+	}
+	memcpy(buf, address, len - 1);
+	buf[len - 1] = '1';
+	buf[len] = '\0';
+	if (peer_net_parse_address(buf, addr) != 0) {
+		return RMQ_EINVAL;
+	}
+	if (addr->ss_family == AF_INET6) {
+		((struct sockaddr_in6 *)addr)->sin6_port = 0;
+	} else {
+		((struct sockaddr_in *)addr)->sin_port = 0;
+	}
+	return 0;
+}
+
 int http_start(uv_loop_t *loop, const char *address, http_render_cb cb,
 	       void *data, struct http **out)
 {
@@ -233,7 +257,7 @@ int http_start(uv_loop_t *loop, const char *address, http_render_cb cb,
 	unsigned flags;
 	int rv;
 
-	if (peer_net_parse_address(address, &addr) != 0) {
+	if (parse_address(address, &addr) != 0) {
 		return RMQ_EINVAL;
 	}
 	h = calloc(1, sizeof *h);
@@ -265,11 +289,10 @@ int http_start(uv_loop_t *loop, const char *address, http_render_cb cb,
 		flags |= MHD_USE_IPv6;
 	}
 	h->daemon = MHD_start_daemon(
-		flags, 0, NULL, NULL, handler, h, MHD_OPTION_SOCK_ADDR,
-		(struct sockaddr *)&addr, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-		(unsigned)1, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-		MHD_OPTION_EXTERNAL_LOGGER, mhd_log_cb, h, MHD_OPTION_END);
+		flags, 0, NULL, NULL, handler, h, MHD_OPTION_EXTERNAL_LOGGER,
+		mhd_log_cb, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+		MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
 	if (h->daemon == NULL) {
 		LOGE("http: cannot listen on http_address %s", address);
 		h->closed = true;
@@ -301,6 +324,17 @@ void http_stop(struct http *h)
 	}
 	pthread_cond_broadcast(&h->cond);
 	pthread_mutex_unlock(&h->mu);
+	/* Give the answers just queued a moment to be written: stopping
+	 * closes every connection at once. At most 200 ms, spent only while
+	 * connections are open. */
+	for (int i = 0; i < 20; i++) {
+		const union MHD_DaemonInfo *info = MHD_get_daemon_info(
+			h->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+		if (info == NULL || info->num_connections == 0) {
+			break;
+		}
+		uv_sleep(10);
+	}
 	/* Joins the server thread; its handlers now answer 503 at once. */
 	MHD_stop_daemon(h->daemon);
 	h->daemon = NULL;

@@ -43,7 +43,8 @@ typedef void (*http_render_cb)(void *data, enum http_doc doc,
 
 struct http;
 
-/* Listen on @address ("ip:port" or "[ipv6]:port") and serve. Returns 0,
+/* Listen on @address ("ip:port" or "[ipv6]:port"; port 0 takes any free
+ * one, see http_port()) and serve. Returns 0,
  * RMQ_EINVAL (the address does not parse; nothing is logged) or RMQ_EIO
  * (cannot listen; logged). On 0, *out is live until http_stop(). */
 int http_start(uv_loop_t *loop, const char *address, http_render_cb cb,
