@@ -455,8 +455,9 @@ int node_run(const struct config *cfg)
 	if (rv != 0) {
 		goto fail;
 	}
-	/* Early, so that /healthz and /readyz answer (not ready) while the
-	 * shards load, and a taken port fails the start at once. */
+	/* Early, so that a taken port fails the start before the shards
+	 * load. Requests made while they load wait for the loop to run (and
+	 * get 503 after HTTP_LOOP_TIMEOUT_MS): the node is not ready. */
 	if (cfg->http_address[0] != '\0') {
 		rv = http_start(&loop, cfg->http_address, admin_render, n,
 				&n->http);
