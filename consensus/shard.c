@@ -13,6 +13,7 @@
 #include "shard.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,14 @@ struct shard {
 	char *dir;          /* owned */
 	char *peer_address; /* owned */
 	struct shard_hooks hooks;
+	/* Wrapped: raft_uv's start (to see incoming messages) and the FSM's
+	 * apply (to time it). */
+	int (*io_start)(struct raft_io *io, unsigned msecs,
+			raft_io_tick_cb tick, raft_io_recv_cb recv);
+	raft_io_recv_cb raft_recv;
+	int (*fsm_apply)(struct raft_fsm *fsm, const struct raft_buffer *buf,
+			 void **result);
+	uint64_t leader_commit; /* highest leader_commit a leader sent us */
 
 	enum shard_role role;
 	uint64_t term;
@@ -100,6 +109,48 @@ static void fatal_cb(void *arg)
 	if (s->hooks.fatal != NULL) {
 		s->hooks.fatal(s->hooks.data, s);
 	}
+}
+
+/* Every message for this shard passes here before raft sees it: note the
+ * commit index the leader announces, so that a replica knows how far
+ * behind it is (raft 0.15 keeps only its own commit index, which while
+ * catching up trails the leader's). */
+static void io_recv_cb(struct raft_io *io, struct raft_message *m)
+{
+	struct shard *s =
+		(struct shard *)((char *)io - offsetof(struct shard, io));
+	uint64_t commit = 0;
+	if (m->type == RAFT_IO_APPEND_ENTRIES) {
+		commit = m->append_entries.leader_commit;
+	} else if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+		commit = m->install_snapshot.last_index;
+	}
+	if (commit > s->leader_commit) {
+		s->leader_commit = commit;
+	}
+	s->raft_recv(io, m);
+}
+
+static int io_start_cb(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+		       raft_io_recv_cb recv)
+{
+	struct shard *s =
+		(struct shard *)((char *)io - offsetof(struct shard, io));
+	s->raft_recv = recv;
+	return s->io_start(io, msecs, tick, io_recv_cb);
+}
+
+static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
+			  void **result)
+{
+	struct shard *s = (struct shard *)((char *)rfsm -
+					   offsetof(struct shard, rfsm.rfsm));
+	uint64_t start = uv_hrtime();
+	int rv = s->fsm_apply(rfsm, buf, result);
+	if (s->hooks.apply_time != NULL) {
+		s->hooks.apply_time(s->hooks.data, s, uv_hrtime() - start);
+	}
+	return rv;
 }
 
 static int make_dir(const char *path)
@@ -176,6 +227,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	s->rfsm.restored_cb = restored_cb;
 	s->rfsm.fatal_cb = fatal_cb;
 	s->rfsm.cb_arg = s;
+	s->fsm_apply = s->rfsm.rfsm.apply;
+	s->rfsm.rfsm.apply = timed_apply_cb;
 
 	snprintf(path, sizeof path, "%s/raft", s->dir);
 	rv = make_dir(path);
@@ -197,6 +250,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	if (c->segment_size > 0) {
 		raft_uv_set_segment_size(&s->io, c->segment_size);
 	}
+	s->io_start = s->io.start;
+	s->io.start = io_start_cb;
 	rv = raft_init(&s->raft, &s->io, &s->rfsm.rfsm, c->node_id,
 		       s->peer_address);
 	if (rv != 0) {
@@ -423,6 +478,15 @@ uint64_t shard_commit_index(struct shard *s)
 uint64_t shard_applied_index(struct shard *s)
 {
 	return raft_last_applied(&s->raft);
+}
+
+uint64_t shard_leader_commit_index(struct shard *s)
+{
+	if (raft_state(&s->raft) == RAFT_LEADER ||
+	    s->raft.commit_index > s->leader_commit) {
+		return s->raft.commit_index;
+	}
+	return s->leader_commit;
 }
 
 size_t shard_replicas(struct shard *s, uint64_t *ids, size_t max)

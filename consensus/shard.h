@@ -64,6 +64,9 @@ struct shard_hooks {
 	 * should stop the node so that others take over. Called from inside
 	 * raft: defer the actual work. */
 	void (*fatal)(void *data, struct shard *s);
+	/* Optional: how long the FSM took to apply one entry (every
+	 * replica), in nanoseconds. */
+	void (*apply_time)(void *data, struct shard *s, uint64_t ns);
 };
 
 /* The election settings raftmq runs raft with (shard_open applies them;
@@ -108,6 +111,12 @@ uint64_t shard_leader_id(struct shard *s); /* 0 if unknown */
 uint64_t shard_term(struct shard *s);
 uint64_t shard_commit_index(struct shard *s);
 uint64_t shard_applied_index(struct shard *s);
+/* How far the shard is known to have committed: our commit index on the
+ * leader; on a follower the highest commit index a leader announced to us
+ * (raft's own commit index of a follower stops at its last stored entry,
+ * so it trails the leader's while the follower catches up). The gap to
+ * shard_applied_index() is how far behind this replica is. */
+uint64_t shard_leader_commit_index(struct shard *s);
 /* Voter ids of the current configuration; returns how many (<= max). */
 size_t shard_replicas(struct shard *s, uint64_t *ids, size_t max);
 /* Whether, as leader, we heard from @node_id within an election timeout. */

@@ -12,6 +12,7 @@ PACKAGES=(
 	libraft-dev libuv1-dev liblmdb-dev
 	libprotobuf-c-dev protobuf-c-compiler
 	libcmocka-dev libinih-dev libcjson-dev libmicrohttpd-dev libssl-dev
+	libsystemd-dev
 	python3 procps lmdb-utils clang-format
 	nftables fiu-utils libfiu-dev e2fsprogs util-linux
 	librabbitmq-dev libnats-dev

@@ -20,3 +20,5 @@ for n in 1 2 3; do
 	servers+="${servers:+,}127.0.0.1:$((base + n))"
 done
 build/bin/raftmq --servers "$servers" cluster status
+echo
+echo "admin HTTP: http://127.0.0.1:$((base + 201))/metrics (/readyz, /api/cluster, ...; nodes 2, 3 on +202, +203)"

@@ -10,12 +10,14 @@
 
 #include "log.h"
 #include "raftmq_errors.h"
+#include "transport.h"
 
 void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof *c);
 	snprintf(c->data_dir, sizeof c->data_dir, "data");
 	c->log_level = LOG_INFO;
+	c->ready_max_lag = 100;
 	snprintf(c->cluster_name, sizeof c->cluster_name, "raftmq");
 	c->shards = 3;
 	c->max_frame = 16u * 1024 * 1024;
@@ -61,6 +63,9 @@ static int set_key(struct config *c, const char *section, const char *key,
 		COPY(c->peer_address, v);
 	} else if (strcmp(key, "http_address") == 0) {
 		COPY(c->http_address, v);
+	} else if (strcmp(key, "ready_max_lag") == 0 && numeric &&
+		   n <= UINT32_MAX) {
+		c->ready_max_lag = (unsigned)n;
 	} else if (strcmp(key, "bind_address") == 0) {
 		COPY(c->bind_address, v);
 	} else if (strcmp(key, "log_level") == 0) {
@@ -187,6 +192,7 @@ int config_load(struct config *c, int argc, char **argv)
 		['s'] = "shards",
 		['l'] = "log_level",
 	};
+	struct sockaddr_storage ss;
 	int ch;
 
 	/* First pass: the config file, so that flags override it. */
@@ -249,6 +255,14 @@ int config_load(struct config *c, int argc, char **argv)
 	if (c->peer_address[0] == '\0' || c->client_address[0] == '\0') {
 		fprintf(stderr, "raftmqd: client_address and peer_address "
 				"are required\n");
+		return RMQ_EINVAL;
+	}
+	if (c->http_address[0] != '\0' &&
+	    peer_net_parse_address(c->http_address, &ss) != 0) {
+		fprintf(stderr,
+			"raftmqd: bad http_address '%s': want ip:port or "
+			"[ipv6]:port with a numeric IP (empty disables HTTP)\n",
+			c->http_address);
 		return RMQ_EINVAL;
 	}
 	if (c->max_message_size + 1024 > c->max_frame) {

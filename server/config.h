@@ -22,6 +22,7 @@ struct config {
 	char client_address[CONFIG_ADDR_LEN];
 	char peer_address[CONFIG_ADDR_LEN];
 	char http_address[CONFIG_ADDR_LEN];
+	unsigned ready_max_lag; /* /readyz: entries a shard may trail by */
 	char bind_address[CONFIG_ADDR_LEN]; /* source IP for peer traffic */
 	int log_level;
 	/* [cluster] */

@@ -62,6 +62,7 @@ static void conn_close_now(struct conn *c)
 	}
 	c->closed = true;
 	c->closing = true;
+	n->metrics.conns_open--;
 	queues_conn_closed(n, c);
 	if (c->prev != NULL) {
 		c->prev->next = c->next;
@@ -88,6 +89,9 @@ static void write_cb(uv_write_t *req, int status)
 {
 	struct conn *c = req->data;
 	c->writing = false;
+	if (status == 0) {
+		c->node->metrics.bytes_out += c->wbuf_len;
+	}
 	free(c->wbuf);
 	c->wbuf = NULL;
 	c->wbuf_len = 0;
@@ -229,6 +233,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		conn_close_now(c);
 		return;
 	}
+	c->node->metrics.bytes_in += (uint64_t)nread;
 	if (nread == 0 || c->closing) {
 		free(buf->base);
 		return;
@@ -276,6 +281,8 @@ int conn_accept(struct node *n, uv_stream_t *server)
 		snprintf(c->peer, sizeof c->peer, "%s:%u", ip,
 			 (unsigned)ntohs(sin->sin_port));
 	}
+	n->metrics.conns_accepted++;
+	n->metrics.conns_open++;
 	c->next = n->conns;
 	if (n->conns != NULL) {
 		n->conns->prev = c;

@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "log.h"
 
 static uint64_t fnv1a(const char *s, uint64_t h)
@@ -174,6 +176,12 @@ static void shard_role_hook(void *data, struct shard *s, enum shard_role role,
 	queues_role(n, s, role);
 }
 
+static void shard_apply_time_hook(void *data, struct shard *s, uint64_t ns)
+{
+	struct node *n = data;
+	lat_record(&n->apply_lat[shard_id(s)], ns);
+}
+
 static void shard_restored_hook(void *data, struct shard *s)
 {
 	queues_restored(data, s);
@@ -232,6 +240,7 @@ static int open_shards(struct node *n)
 			.role = shard_role_hook,
 			.restored = shard_restored_hook,
 			.fatal = shard_fatal_hook,
+			.apply_time = shard_apply_time_hook,
 		};
 		snprintf(dir, sizeof dir, "%s/shard-%u", n->cfg.data_dir, i);
 		rv = shard_open(n->loop, n->net, &sc, &hooks, &n->shards[i]);
@@ -366,8 +375,14 @@ void node_stop(struct node *n, int exit_code)
 		return;
 	}
 	n->stopping = true;
+	n->serving = false;
 	n->exit_code = exit_code;
 	LOGI("node %" PRIu64 ": shutting down", n->cfg.id);
+	sd_notify(0, "STOPPING=1");
+	if (n->http != NULL) {
+		http_stop(n->http);
+		n->http = NULL;
+	}
 	uv_close((uv_handle_t *)&n->sigterm, NULL);
 	uv_close((uv_handle_t *)&n->sigint, NULL);
 	uv_close((uv_handle_t *)&n->prepare, NULL);
@@ -440,6 +455,19 @@ int node_run(const struct config *cfg)
 	if (rv != 0) {
 		goto fail;
 	}
+	/* Early, so that a taken port fails the start before the shards
+	 * load. Requests made while they load wait for the loop to run (and
+	 * get 503 after HTTP_LOOP_TIMEOUT_MS): the node is not ready. */
+	if (cfg->http_address[0] != '\0') {
+		rv = http_start(&loop, cfg->http_address, admin_render, n,
+				&n->http);
+		if (rv != 0) {
+			if (rv == RMQ_EINVAL) {
+				LOGE("bad http_address %s", cfg->http_address);
+			}
+			goto fail;
+		}
+	}
 	struct peer_net_config pc = {
 		.node_id = cfg->id,
 		.cluster_id = n->cluster_id,
@@ -473,9 +501,17 @@ int node_run(const struct config *cfg)
 		goto fail;
 	}
 	uv_timer_start(&n->tick, tick_cb, 200, 200);
+	n->serving = true;
 	LOGI("node %" PRIu64 ": serving clients on %s, peers on %s, "
-	     "%u data shards",
-	     cfg->id, cfg->client_address, cfg->peer_address, cfg->shards);
+	     "%u data shards%s%s",
+	     cfg->id, cfg->client_address, cfg->peer_address, cfg->shards,
+	     n->http != NULL ? ", HTTP on " : "",
+	     n->http != NULL ? cfg->http_address : "");
+	/* Type=notify: systemd considers the node started once it accepts
+	 * clients (not once it is caught up: a node that waits for a
+	 * majority must not be killed as a failed start). */
+	sd_notifyf(0, "READY=1\nSTATUS=serving clients on %s",
+		   cfg->client_address);
 	goto run;
 
 fail:

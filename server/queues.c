@@ -67,6 +67,7 @@ struct queue {
 struct proposal {
 	struct node *node;
 	unsigned shard;
+	uint64_t started_ns;   /* when it was proposed (uv_hrtime) */
 	struct pending *items; /* owned */
 	size_t n;
 	struct queue **marks; /* owned */
@@ -337,6 +338,10 @@ static void send_delivery(struct consumer *k, const struct store_msg *m,
 	f.kind_case = RMQ__SERVER_FRAME__KIND_DELIVERY;
 	f.delivery = &d;
 	conn_send(k->conn, &f);
+	k->conn->node->metrics.deliveries++;
+	if (redelivered) {
+		k->conn->node->metrics.redeliveries++;
+	}
 	free(h);
 	free(hp);
 	if (hdrs != NULL) {
@@ -587,10 +592,10 @@ static bool fenced(struct conn *c, const char *queue, uint64_t epoch)
 	return f != NULL && epoch <= f->epoch;
 }
 
-static void fail_items(struct pending *items, size_t n, int err,
-		       const char *msg)
+static void fail_items(struct node *n, struct pending *items, size_t count,
+		       int err, const char *msg)
 {
-	for (size_t i = 0; i < n; i++) {
+	for (size_t i = 0; i < count; i++) {
 		if (items[i].type == PENDING_PUBLISH) {
 			fence_publishes(items[i].conn, items[i].queue->name,
 					items[i].epoch, err);
@@ -598,6 +603,9 @@ static void fail_items(struct pending *items, size_t n, int err,
 		if (conn_alive(items[i].conn)) {
 			conn_send_error(items[i].conn, items[i].req_id, err,
 					msg);
+			if (items[i].type == PENDING_PUBLISH) {
+				n->metrics.publish_errors++;
+			}
 		}
 		pending_release(&items[i]);
 	}
@@ -624,6 +632,10 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 	struct proposal *pr = data;
 	struct node *n = pr->node;
 
+	if (status == 0) {
+		lat_record(&n->append_lat[pr->shard],
+			   uv_hrtime() - pr->started_ns);
+	}
 	for (size_t i = 0; i < pr->n; i++) {
 		struct pending *p = &pr->items[i];
 		struct conn *c = p->conn;
@@ -646,6 +658,9 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 		if (!conn_alive(c)) {
 			pending_release(p);
 			continue;
+		}
+		if (status != 0 && p->type == PENDING_PUBLISH) {
+			n->metrics.publish_errors++;
 		}
 		if (status == RMQ_ELEADERLOST) {
 			conn_send_error(c, p->req_id, RMQ_ELEADERLOST,
@@ -672,7 +687,12 @@ static void proposal_cb(void *data, int status, const struct fsm_result *r)
 				reply_publish_error(n, c, p->req_id, p->queue,
 						    err ? err : RMQ_EINTERNAL,
 						    0);
+				n->metrics.publish_errors++;
 			} else {
+				n->metrics.confirms++;
+				if (res->duplicate) {
+					n->metrics.duplicates++;
+				}
 				Rmq__Response resp = RMQ__RESPONSE__INIT;
 				Rmq__PublishResp pub = RMQ__PUBLISH_RESP__INIT;
 				pub.seq = res->seq;
@@ -969,6 +989,9 @@ void queues_flush(struct node *n, unsigned i)
 			}
 			if (conn_alive(p->conn)) {
 				reply_not_leader(n, p->conn, p->req_id, i);
+				if (p->type == PENDING_PUBLISH) {
+					n->metrics.publish_errors++;
+				}
 			}
 			pending_release(p);
 		}
@@ -990,12 +1013,13 @@ void queues_flush(struct node *n, unsigned i)
 		pr->n = b->n;
 		pr->marks = b->marks;
 		pr->n_marks = b->n_marks;
+		pr->started_ns = uv_hrtime();
 		rv = shard_propose(n->shards[i], &cmd, proposal_cb, pr);
 	}
 	builder_free(&bl);
 	if (rv != 0) {
 		free(pr);
-		fail_items(b->items, b->n, rv,
+		fail_items(n, b->items, b->n, rv,
 			   rv == RMQ_ENOTLEADER ? "not the leader any more"
 						: codec_strerror(rv));
 		free(b->items);
@@ -1343,6 +1367,13 @@ static bool handle_settle(struct node *n, struct conn *c, Rmq__Request *req)
 	if (!check_leader(n, c, req->id, q->shard)) {
 		return false;
 	}
+	if (s->outcome == RMQ__OUTCOME__ACK) {
+		n->metrics.acks += s->n_seqs;
+	} else if (s->outcome == RMQ__OUTCOME__REQUEUE) {
+		n->metrics.requeues += s->n_seqs;
+	} else {
+		n->metrics.drops += s->n_seqs;
+	}
 	if (s->outcome == RMQ__OUTCOME__REQUEUE) {
 		for (size_t i = 0; i < s->n_seqs; i++) {
 			if (seqmap_get(&q->inflight, s->seqs[i]) != NULL) {
@@ -1515,7 +1546,11 @@ void queues_request(struct node *n, struct conn *c, Rmq__Request *req)
 		handle_meta(n, c, req);
 		break;
 	case RMQ__REQUEST__BODY_PUBLISH:
+		n->metrics.publishes++;
 		kept = handle_publish(n, c, req);
+		if (!kept) {
+			n->metrics.publish_errors++; /* answered at once */
+		}
 		break;
 	case RMQ__REQUEST__BODY_SUBSCRIBE:
 		handle_subscribe(n, c, req);
@@ -1539,6 +1574,29 @@ void queues_conn_closed(struct node *n, struct conn *c)
 {
 	while (c->consumers != NULL) {
 		remove_consumer(n, c->consumers);
+	}
+}
+
+void queues_stats(struct node *n, queues_stats_cb cb, void *arg)
+{
+	TABLE_FOREACH(n, q)
+	{
+		if (!q->placed) {
+			continue;
+		}
+		struct queue_stats st = {
+			.name = q->name,
+			.shard = q->shard,
+			.leader = shard_leader_id(n->shards[q->shard]),
+			.leading = q->active,
+			.total = q->count,
+			.bytes = q->bytes,
+			.consumers = q->n_consumers,
+		};
+		uint64_t unacked = q->active ? q->inflight.n : 0;
+		st.unacked = unacked < q->count ? unacked : q->count;
+		st.ready = q->count - st.unacked;
+		cb(arg, &st);
 	}
 }
 
@@ -2031,7 +2089,7 @@ void queues_close(struct node *n)
 {
 	for (unsigned i = 0; i < NODE_MAX_SHARDS; i++) {
 		struct batch *b = &n->batches[i];
-		fail_items(b->items, b->n, RMQ_ESHUTDOWN, "shutting down");
+		fail_items(n, b->items, b->n, RMQ_ESHUTDOWN, "shutting down");
 		free(b->items);
 		free(b->marks);
 		memset(b, 0, sizeof *b);

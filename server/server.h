@@ -18,6 +18,8 @@
 
 #include "codec.h"
 #include "config.h"
+#include "http.h"
+#include "metrics.h"
 #include "shard.h"
 #include "transport.h"
 
@@ -109,6 +111,21 @@ void queues_role(struct node *n, struct shard *s, enum shard_role role);
 void queues_restored(struct node *n, struct shard *s);
 /* Periodic work: create/delete queues in shards we lead, register nodes. */
 void queues_tick(struct node *n);
+/* What the admin API shows of a queue (valid during the callback). */
+struct queue_stats {
+	const char *name;
+	uint32_t shard;
+	uint64_t leader;  /* node leading its shard, 0 if unknown */
+	bool leading;     /* this node serves it: unacked is exact */
+	uint64_t ready;   /* stored and not in flight */
+	uint64_t unacked; /* delivered, not settled (0 unless leading) */
+	uint64_t total;   /* stored messages */
+	uint64_t bytes;   /* stored body bytes */
+	size_t consumers; /* attached here (0 unless leading) */
+};
+typedef void (*queues_stats_cb)(void *arg, const struct queue_stats *st);
+/* Call @cb for every queue the meta shard knows. */
+void queues_stats(struct node *n, queues_stats_cb cb, void *arg);
 int queues_load(struct node *n);
 void queues_close(struct node *n);
 
@@ -148,8 +165,14 @@ struct node {
 	bool reconciling[NODE_MAX_SHARDS];     /* a reconcile entry in flight */
 	bool fatal;                            /* a shard stopped applying */
 	uint64_t started_ms;
+	bool serving; /* the client listener is up */
 	bool stopping;
 	int exit_code;
+	/* Observability (admin.c renders them). */
+	struct metrics metrics;
+	struct lat_hist append_lat[NODE_MAX_SHARDS]; /* propose → applied */
+	struct lat_hist apply_lat[NODE_MAX_SHARDS];  /* FSM apply of 1 entry */
+	struct http *http; /* owned; NULL when http_address is empty */
 };
 
 int node_run(const struct config *cfg);
@@ -157,5 +180,13 @@ struct peer_info *node_peer(struct node *n, uint64_t id, bool create);
 /* The client address of node @id, "" if unknown. */
 const char *node_client_address(struct node *n, uint64_t id);
 void node_stop(struct node *n, int exit_code);
+
+/* ---- admin.c --------------------------------------------------------- */
+
+/* Whether the node serves (see /readyz in docs/operations.md); if not,
+ * @why (may be NULL) gets the first reason. */
+bool admin_ready(struct node *n, char *why, size_t why_len);
+/* The http.c render callback; @data is the node. */
+void admin_render(void *data, enum http_doc doc, struct http_reply *out);
 
 #endif /* RMQ_SERVER_H */
