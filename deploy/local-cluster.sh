@@ -101,11 +101,18 @@ check_node_arg() {
 # Print the pid of node $1 if it is running (its pid file names a live
 # raftmqd), else nothing. A stale pid file is removed.
 node_pid() {
-	local f=$RAFTMQ_DIR/node$1.pid pid
+	local f=$RAFTMQ_DIR/node$1.pid pid i
 	[[ -f $f ]] || return 0
 	pid=$(<"$f")
+	# A node started a moment ago may not have exec'd raftmqd yet (its
+	# cmdline is still the starting shell's): give it 2 s to get there.
+	for ((i = 0; i < 20; i++)); do
+		[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || break
+		grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null && break
+		sleep 0.1
+	done
 	if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-		tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q raftmqd; then
+		grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null; then
 		echo "$pid"
 	else
 		rm -f "$f"
