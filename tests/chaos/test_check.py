@@ -69,6 +69,28 @@ def clean_history():
     return h
 
 
+def paced_history(keep):
+    """20 s of one producer at 10/s (publish i at T0 + i/10 when keep(i)),
+    faults from T0 + 10 to T0 + 20; returns (history, nemesis log)."""
+    h = History()
+    seq = 0
+    for i in range(200):
+        if not keep(i):
+            continue
+        seq += 1
+        t = T0 + i * 0.1
+        h.ops.append({"t": t, "op": "publish", "client": "p0",
+                      "queue": "q0", "id": "p0-%d" % seq, "n": seq,
+                      "outcome": "ok", "seq": seq})
+        h.ops.append({"t": t, "op": "deliver", "client": "c0",
+                      "queue": "q0", "id": "p0-%d" % seq, "seq": seq,
+                      "redelivered": False})
+    h.ops.append({"t": T0 + 20, "op": "phase", "phase": "drain"})
+    nem = [{"t": T0 + 10, "op": "nemesis", "action": "start"},
+           {"t": T0 + 20, "op": "nemesis", "action": "heal"}]
+    return h, nem
+
+
 class CheckerTest(unittest.TestCase):
     def run_check(self, ops, nemesis=()):
         return check.analyse(ops, nemesis)
@@ -192,24 +214,9 @@ class CheckerTest(unittest.TestCase):
         self.assert_only(r)
 
     def test_availability_counts_empty_fault_seconds(self):
-        h = History()
-        seq = 0
         # 10 s fault-free at 10/s, then 10 s of faults with confirms only
         # in the first 5 s.
-        for i in range(200):
-            t = T0 + i * 0.1
-            if 150 <= i:
-                continue
-            seq += 1
-            h.ops.append({"t": t, "op": "publish", "client": "p0",
-                          "queue": "q0", "id": "p0-%d" % seq, "n": seq,
-                          "outcome": "ok", "seq": seq})
-            h.ops.append({"t": t, "op": "deliver", "client": "c0",
-                          "queue": "q0", "id": "p0-%d" % seq, "seq": seq,
-                          "redelivered": False})
-        h.ops.append({"t": T0 + 20, "op": "phase", "phase": "drain"})
-        nem = [{"t": T0 + 10, "op": "nemesis", "action": "start"},
-               {"t": T0 + 20, "op": "nemesis", "action": "heal"}]
+        h, nem = paced_history(lambda i: i < 150)
         r = self.run_check(h.ops, nem)
         self.assert_only(r)
         self.assertAlmostEqual(r["availability"], 0.5, places=2)
@@ -238,24 +245,9 @@ class CheckerTest(unittest.TestCase):
         self.assertEqual(check.violations(r), [])
 
     def test_availability_is_the_rate_not_just_busy_seconds(self):
-        h = History()
-        seq = 0
         # 10 s at 10/s, then 10 s of faults at 5/s: every fault second
         # has confirms, yet only half the fault-free rate.
-        for i in range(200):
-            if i >= 100 and i % 2:
-                continue
-            seq += 1
-            t = T0 + i * 0.1
-            h.ops.append({"t": t, "op": "publish", "client": "p0",
-                          "queue": "q0", "id": "p0-%d" % seq, "n": seq,
-                          "outcome": "ok", "seq": seq})
-            h.ops.append({"t": t, "op": "deliver", "client": "c0",
-                          "queue": "q0", "id": "p0-%d" % seq, "seq": seq,
-                          "redelivered": False})
-        h.ops.append({"t": T0 + 20, "op": "phase", "phase": "drain"})
-        nem = [{"t": T0 + 10, "op": "nemesis", "action": "start"},
-               {"t": T0 + 20, "op": "nemesis", "action": "heal"}]
+        h, nem = paced_history(lambda i: i < 100 or i % 2 == 0)
         r = self.run_check(h.ops, nem)
         self.assert_only(r)
         self.assertAlmostEqual(r["queue_seconds"], 1.0, places=2)

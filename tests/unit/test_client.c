@@ -855,9 +855,10 @@ static void client_silent_node_fails_over(void **state)
 	fake_stop(f);
 }
 
-/* First connection: swallow publishes, drop the connection at the 5th. */
-static bool hook_drop_after_five(struct fake *f, struct fake_conn *fc,
-				 const Rmq__Request *r)
+/* First connection: swallow publishes and drop the connection at the
+ * @close_at-th; later connections get the default answers. */
+static bool swallow_first_conn(struct fake *f, struct fake_conn *fc,
+			       const Rmq__Request *r, int close_at)
 {
 	if (r->body_case != RMQ__REQUEST__BODY_PUBLISH) {
 		return false;
@@ -866,12 +867,18 @@ static bool hook_drop_after_five(struct fake *f, struct fake_conn *fc,
 		f->saved = (uint64_t)fc->serial;
 	}
 	if ((uint64_t)fc->serial == f->saved) {
-		if (++f->count == 5) {
+		if (++f->count == close_at) {
 			fake_conn_close(fc);
 		}
 		return true;
 	}
 	return false;
+}
+
+static bool hook_drop_after_five(struct fake *f, struct fake_conn *fc,
+				 const Rmq__Request *r)
+{
+	return swallow_first_conn(f, fc, r, 5);
 }
 
 struct confirms {
@@ -971,19 +978,7 @@ static bool hook_too_large(struct fake *f, struct fake_conn *fc,
 static bool hook_close_at_first(struct fake *f, struct fake_conn *fc,
 				const Rmq__Request *r)
 {
-	if (r->body_case != RMQ__REQUEST__BODY_PUBLISH) {
-		return false;
-	}
-	if (f->saved == 0) {
-		f->saved = (uint64_t)fc->serial;
-	}
-	if ((uint64_t)fc->serial == f->saved) {
-		if (f->count++ == 0) {
-			fake_conn_close(fc);
-		}
-		return true;
-	}
-	return false;
+	return swallow_first_conn(f, fc, r, 1);
 }
 
 /* A server that hangs up while the client writes must not kill the
