@@ -23,8 +23,8 @@ void config_defaults(struct config *c)
 	c->max_frame = 16u * 1024 * 1024;
 	c->max_message_size = 8u * 1024 * 1024;
 	c->map_size = (size_t)8192 * 1024 * 1024;
-	c->election_timeout_ms = 1000;
-	c->heartbeat_timeout_ms = 100;
+	c->election_timeout_ms = 500;
+	c->heartbeat_timeout_ms = 50;
 	c->snapshot_threshold = 4096;
 	c->snapshot_trailing = 1024;
 	c->snapshot_max_bytes = (size_t)256 * 1024 * 1024;
