@@ -214,12 +214,21 @@ port_open() {
 
 # Fail early if a node we started has died.
 check_alive() {
-	local n
+	local n f pid
 	for n in "$@"; do
-		if [[ -z $(node_pid "$n") ]]; then
-			tail_logs "$n"
-			die "node $n exited during start-up (log: $RAFTMQ_DIR/node$n.log)"
+		f=$RAFTMQ_DIR/node$n.pid
+		pid=$(cat "$f" 2>/dev/null || true)
+		[[ -n $(node_pid "$n") ]] && continue
+		# Look once more before calling it dead, and say what was seen:
+		# a loaded machine has shown this check fail for a live node.
+		sleep 1
+		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
+			grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null; then
+			echo "$pid" >"$f"
+			continue
 		fi
+		tail_logs "$n"
+		die "node $n exited during start-up (pid file: '${pid}', log: $RAFTMQ_DIR/node$n.log)"
 	done
 }
 

@@ -108,6 +108,9 @@ t_log "queue $Q: shard $shard, leader node $leader; published $N, consumed $C"
 # gauges settle, then compare.
 ok=""
 for _ in $(seq 1 50); do
+	# Leaders may move meanwhile (rebalancing, elections on a loaded
+	# machine): only the current leader reports the queue.
+	leader=$(t_wait_queue_leader "$Q") || t_fail "no leader for $Q"
 	scrape_all "$RAFTMQ_DIR/after.json"
 	if python3 - "$RAFTMQ_DIR/before.json" "$RAFTMQ_DIR/after.json" \
 		"$Q" "$shard" "$leader" "$N" "$C" "$SIZE" >"$RAFTMQ_DIR/check.out" 2>&1 <<'PY'; then
