@@ -23,6 +23,7 @@ void config_defaults(struct config *c)
 	c->max_frame = 16u * 1024 * 1024;
 	c->max_message_size = 8u * 1024 * 1024;
 	c->map_size = (size_t)8192 * 1024 * 1024;
+	c->min_free_disk = (uint64_t)64 * 1024 * 1024;
 	c->election_timeout_ms = 500;
 	c->heartbeat_timeout_ms = 50;
 	c->snapshot_threshold = 4096;
@@ -88,6 +89,8 @@ static int set_key(struct config *c, const char *section, const char *key,
 		c->max_message_size = (uint32_t)n;
 	} else if (strcmp(key, "map_size_mb") == 0 && numeric && n >= 1) {
 		c->map_size = (size_t)n * 1024 * 1024;
+	} else if (strcmp(key, "min_free_disk_mb") == 0 && numeric) {
+		c->min_free_disk = (uint64_t)n * 1024 * 1024;
 	} else if (strcmp(key, "election_timeout_ms") == 0 && numeric &&
 		   n >= 50) {
 		c->election_timeout_ms = (unsigned)n;

@@ -35,6 +35,7 @@ struct config {
 	uint32_t max_frame;
 	uint32_t max_message_size;
 	size_t map_size;
+	uint64_t min_free_disk; /* bytes; the node stops below it (0: off) */
 	/* [raft] */
 	unsigned election_timeout_ms;
 	unsigned heartbeat_timeout_ms;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -308,10 +309,35 @@ static void prepare_cb(uv_prepare_t *h)
 	}
 }
 
+/* Stop before the disk is full: canonical/raft 0.15's error paths after a
+ * failed log write free memory they should not (seen: munmap_chunk():
+ * invalid pointer from appendLeaderCb when a segment could not be
+ * created on a full disk). A node that stops is a crash the others ride
+ * out; a node that corrupts its heap is not. */
+static void check_free_disk(struct node *n)
+{
+	struct statvfs vfs;
+	uint64_t avail;
+
+	if (n->cfg.min_free_disk == 0 || statvfs(n->cfg.data_dir, &vfs) != 0) {
+		return;
+	}
+	avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	if (avail < n->cfg.min_free_disk) {
+		LOGE("node %" PRIu64 ": %" PRIu64 " MiB free on the data "
+		     "directory's file system, below min_free_disk_mb = %" PRIu64
+		     ": exiting so that the other replicas take over; free "
+		     "space, then restart",
+		     n->cfg.id, avail >> 20, n->cfg.min_free_disk >> 20);
+		n->fatal = true; /* acted on in prepare_cb */
+	}
+}
+
 static void tick_cb(uv_timer_t *t)
 {
 	struct node *n = t->data;
 	if (!n->stopping) {
+		check_free_disk(n);
 		queues_tick(n);
 	}
 }
@@ -487,7 +513,8 @@ int node_run(const struct config *cfg)
 	if (rv != 0) {
 		goto fail;
 	}
-	rv = open_shards(n);
+	check_free_disk(n);
+	rv = n->fatal ? RMQ_EFULL : open_shards(n);
 	if (rv == 0) {
 		rv = queues_load(n);
 	}

@@ -7,7 +7,8 @@ a datagram socket of this test, like under systemd: it must send READY=1
 once it accepts clients (its /readyz then turns 200 and /healthz is 200),
 and STOPPING=1 after SIGTERM, then exit 0. raftmqd with an http_address
 that is not ip:port must exit 2 saying so; with the HTTP port taken it
-must exit 1 saying it cannot listen there.
+must exit 1 saying it cannot listen there; with less free disk than
+min_free_disk_mb it must exit 1 saying so.
 
 Usage: test_sd_notify.py BUILD_BIN_DIR
 """
@@ -104,6 +105,16 @@ def main():
         if r.returncode != 1 or "cannot listen on http_address " + HTTP not in r.stderr:
             fail("HTTP port taken: exit %d, stderr %r" % (r.returncode, r.stderr[-2000:]))
         print("ok: HTTP port taken: exit 1, 'cannot listen on http_address %s'" % HTTP)
+
+        # Less free disk than min_free_disk_mb: refuse to start, saying so.
+        ini = os.path.join(tmp, "low-disk.ini")
+        with open(ini, "w") as f:
+            f.write("[limits]\nmin_free_disk_mb = 1000000000\n")
+        r = subprocess.run(args(tmp + "/data2") + ["--config", ini],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode != 1 or "below min_free_disk_mb = 1000000000" not in r.stderr:
+            fail("low disk: exit %d, stderr %r" % (r.returncode, r.stderr[-2000:]))
+        print("ok: less free disk than min_free_disk_mb: exit 1")
     finally:
         if proc.poll() is None:
             proc.kill()
