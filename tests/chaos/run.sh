@@ -159,7 +159,7 @@ if has_nemesis disk; then
 fi
 if has_nemesis diskfull; then
 	# Node 3's data dir is a small ext4 file system of its own.
-	truncate -s "${CHAOS_DISK_MB:-200}M" "$CHAOS_DIR/node3.img"
+	truncate -s "${CHAOS_DISK_MB:-400}M" "$CHAOS_DIR/node3.img"
 	mkfs.ext4 -q -F "$CHAOS_DIR/node3.img"
 	mkdir -p "$CHAOS_DIR/node3"
 	mount -o loop "$CHAOS_DIR/node3.img" "$CHAOS_DIR/node3"
@@ -241,13 +241,15 @@ while read -r at hold name args; do
 	for n in "${CHAOS_NODES[@]}"; do
 		if [[ -z $(node_pid_wait "$n" 5) && ! -f $CHAOS_DIR/nemesis-kill.state &&
 			! -f $CHAOS_DIR/nemesis-restart-all.state ]]; then
-			# Under disk faults a node that cannot apply stops itself
-			# (exit 1, "cannot apply entries any more"): that
-			# fail-stop is the designed behaviour, not a finding.
+			# Under disk faults a node that cannot apply, or whose
+			# disk is nearly full (min_free_disk_mb), stops itself
+			# (exit 1, "exiting so that the other replicas take
+			# over"): that fail-stop is the designed behaviour, not a
+			# finding.
 			last_exit=$(grep -a '^==== chaos: raftmqd exited' \
 				"$CHAOS_DIR/node$n.log" | tail -n 1)
 			if [[ $name == disk* && $last_exit == *"status 1 "* ]] &&
-				grep -aq 'cannot apply entries any more' \
+				grep -aq 'exiting so that the other replicas take over' \
 					"$CHAOS_DIR/node$n.log"; then
 				c_log "node $n stopped itself after $name (fail-stop): restarting it"
 			else
