@@ -28,6 +28,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=pidfile.sh
+source "$REPO/deploy/pidfile.sh"
 NODES=(1 2 3)
 
 abspath() {
@@ -101,18 +103,9 @@ check_node_arg() {
 # Print the pid of node $1 if it is running (its pid file names a live
 # raftmqd), else nothing. A stale pid file is removed.
 node_pid() {
-	local f=$RAFTMQ_DIR/node$1.pid pid i
-	[[ -f $f ]] || return 0
-	pid=$(<"$f")
-	# A node started a moment ago may not have exec'd raftmqd yet (its
-	# cmdline is still the starting shell's): give it 2 s to get there.
-	for ((i = 0; i < 20; i++)); do
-		[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || break
-		grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null && break
-		sleep 0.1
-	done
-	if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-		grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null; then
+	local f=$RAFTMQ_DIR/node$1.pid pid
+	pid=$(raftmqd_pid "$f")
+	if [[ -n $pid ]]; then
 		echo "$pid"
 	else
 		rm -f "$f"
@@ -218,15 +211,12 @@ check_alive() {
 	for n in "$@"; do
 		f=$RAFTMQ_DIR/node$n.pid
 		pid=$(cat "$f" 2>/dev/null || true)
-		[[ -n $(node_pid "$n") ]] && continue
+		[[ -n $(raftmqd_pid "$f") ]] && continue
 		# Look once more before calling it dead, and say what was seen:
 		# a loaded machine has shown this check fail for a live node.
 		sleep 1
-		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null &&
-			grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null; then
-			echo "$pid" >"$f"
-			continue
-		fi
+		[[ -n $(raftmqd_pid "$f") ]] && continue
+		rm -f "$f"
 		tail_logs "$n"
 		die "node $n exited during start-up (pid file: '${pid}', log: $RAFTMQ_DIR/node$n.log)"
 	done

@@ -18,6 +18,8 @@
 # under `fiu-run -x -c SPEC` (disk nemesis).
 
 CHAOS_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=../../deploy/pidfile.sh
+source "$CHAOS_LIB_DIR/../../deploy/pidfile.sh"
 CHAOS_PORT_BASE=${CHAOS_PORT_BASE:-19100}
 CHAOS_PROXY=${CHAOS_PROXY:-0}
 CHAOS_NODES=(1 2 3)
@@ -61,22 +63,7 @@ nemesis_event() {
 }
 
 # pid of node $1 if running, else nothing.
-node_pid() {
-	local f=$CHAOS_DIR/node$1.pid pid i
-	[[ -f $f ]] || return 0
-	pid=$(<"$f")
-	# A node started a moment ago may not have exec'd raftmqd yet (its
-	# cmdline is still the starting shell's): give it 2 s to get there.
-	for ((i = 0; i < 20; i++)); do
-		[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || break
-		grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null && break
-		sleep 0.1
-	done
-	if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-		grep -qa raftmqd "/proc/$pid/cmdline" 2>/dev/null; then
-		echo "$pid"
-	fi
-}
+node_pid() { raftmqd_pid "$CHAOS_DIR/node$1.pid"; }
 
 write_ini() {
 	local n=$1
