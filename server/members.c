@@ -31,10 +31,11 @@
  * a lost data change). A dead node is removed the same way: only the
  * remaining voters take part.
  *
- * Leaders are spread by count: the leader of a shard that leads at least
- * two shards more than another member (a voter of the shard, heard from
- * and caught up) hands that shard to it, one transfer per node every two
- * seconds. A restarted node thereby gets its share back without a command,
+ * Leaders are spread by count of data shards led: the leader of a data
+ * shard that leads at least two data shards more than another member (a
+ * voter of the shard, heard from and caught up) hands that shard to it;
+ * the meta shard's leader hands the meta shard to a member leading fewer
+ * data shards than itself. One transfer per node every two seconds. A restarted node thereby gets its share back without a command,
  * and the member set may change under it.
  *
  * canonical/raft 0.15 caveats: a server demoted and promoted again may
@@ -444,7 +445,8 @@ static void balance_leaders(struct node *n)
 	if (me == MAX_CONF) {
 		return; /* not a (staying) member */
 	}
-	for (unsigned i = 0; i < n->n_shards; i++) {
+	/* Data shards carry the load: count their leaders only. */
+	for (unsigned i = 1; i < n->n_shards; i++) {
 		uint64_t l = shard_leader_id(n->shards[i]);
 		for (size_t j = 0; j < k; j++) {
 			if (ids[j] == l) {
@@ -464,12 +466,14 @@ static void balance_leaders(struct node *n)
 				to_count = counts[j];
 			}
 		}
-		if (to == 0 || counts[me] < to_count + 2) {
+		/* A data shard moves to a node leading two fewer; the meta
+		 * shard to a node leading fewer data shards than we do. */
+		if (to == 0 || counts[me] < to_count + (i == 0 ? 1 : 2)) {
 			continue;
 		}
 		if (shard_transfer(s, to) == 0) {
 			LOGI("shard %u: handing leadership to node %" PRIu64
-			     " (it leads %u shards, this node %u)",
+			     " (it leads %u data shards, this node %u)",
 			     i, to, to_count, counts[me]);
 			n->members->last_balance_ms = now;
 			return; /* one at a time */
