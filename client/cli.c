@@ -36,7 +36,12 @@ static void usage(FILE *f)
 	      "[--prefix P])\n"
 	      "          [--window W] [--timeout S]\n"
 	      "  consume QUEUE [--count N] [--idle-timeout S] [--prefetch K] "
-	      "[--print]\n",
+	      "[--print]\n"
+	      "  node list [--json]\n"
+	      "  node add ID [--timeout S]\n"
+	      "  node remove ID [--wait] [--timeout S]\n"
+	      "  shard transfer SHARD --to NODE\n"
+	      "  shard move SHARD --from NODE --to NODE [--wait]\n",
 	      f);
 }
 
@@ -77,6 +82,9 @@ struct args {
 	int npos;
 	bool json;
 	bool print;
+	bool wait;
+	const char *to;
+	const char *from;
 	const char *body;
 	const char *count;
 	const char *size;
@@ -104,6 +112,8 @@ static const char **opt_slot(struct args *a, const char *name)
 		"--prefetch",
 		"--max-length",
 		"--max-message-size",
+		"--to",
+		"--from",
 	};
 	const char **slots[] = {
 		&a->servers,
@@ -117,6 +127,8 @@ static const char **opt_slot(struct args *a, const char *name)
 		&a->prefetch,
 		&a->max_length,
 		&a->max_message_size,
+		&a->to,
+		&a->from,
 	};
 	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
 		if (strcmp(name, names[i]) == 0) {
@@ -141,6 +153,10 @@ static int parse_args(int argc, char **argv, struct args *a)
 		}
 		if (strcmp(arg, "--print") == 0) {
 			a->print = true;
+			continue;
+		}
+		if (strcmp(arg, "--wait") == 0) {
+			a->wait = true;
 			continue;
 		}
 		if (strncmp(arg, "--", 2) == 0) {
@@ -765,6 +781,262 @@ static int cmd_consume(const struct args *a, const char *queue)
 	return status;
 }
 
+/* ---- node and shard administration --------------------------------------- */
+
+static bool parse_id(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	if (s == NULL || *s == '\0' || *s == '-') {
+		return false;
+	}
+	v = strtoull(s, &end, 10);
+	if (*end != '\0') {
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+static void print_shards(FILE *f, const struct rmq_member *m)
+{
+	for (size_t j = 0; j < m->n_shards; j++) {
+		fprintf(f, "%s%u", j ? "," : "", m->shards[j]);
+	}
+	if (m->n_shards == 0) {
+		fputc('-', f);
+	}
+}
+
+static int cmd_node_list(const struct args *a)
+{
+	struct rmq_options o;
+	struct rmq_client *c;
+	struct rmq_member *m = NULL;
+	size_t n = 0;
+	int rv;
+
+	rmq_options_init(&o);
+	if (connect_client(a, &o, &c) != 0) {
+		return 1;
+	}
+	rv = rmq_node_list(c, &m, &n);
+	rmq_close(c, 1000);
+	if (rv != 0) {
+		print_error("node list", rv);
+		return 1;
+	}
+	if (a->json) {
+		cJSON *arr = cJSON_CreateArray();
+		char *text;
+		for (size_t i = 0; i < n; i++) {
+			cJSON *j = cJSON_CreateObject();
+			cJSON *sh;
+			cJSON_AddNumberToObject(j, "id", (double)m[i].id);
+			cJSON_AddStringToObject(j, "client_address",
+						m[i].client_address);
+			cJSON_AddStringToObject(j, "peer_address",
+						m[i].peer_address);
+			cJSON_AddStringToObject(j, "role", m[i].role);
+			sh = cJSON_AddArrayToObject(j, "shards");
+			for (size_t k = 0; k < m[i].n_shards; k++) {
+				cJSON_AddItemToArray(
+					sh, cJSON_CreateNumber(m[i].shards[k]));
+			}
+			cJSON_AddItemToArray(arr, j);
+		}
+		text = cJSON_PrintUnformatted(arr);
+		if (text != NULL) {
+			puts(text);
+		}
+		cJSON_free(text);
+		cJSON_Delete(arr);
+	} else {
+		printf("%-6s %-22s %-22s %-8s %s\n", "ID", "CLIENT", "PEER",
+		       "ROLE", "SHARDS");
+		for (size_t i = 0; i < n; i++) {
+			printf("%-6llu %-22s %-22s %-8s ",
+			       (unsigned long long)m[i].id, m[i].client_address,
+			       m[i].peer_address, m[i].role);
+			print_shards(stdout, &m[i]);
+			putchar('\n');
+		}
+	}
+	free(m);
+	return 0;
+}
+
+/* Poll the node list until node @id has @role ("" : until it is gone),
+ * for up to @timeout_s seconds. 0 when reached. */
+static int wait_for_role(struct rmq_client *c, uint64_t id, const char *role,
+			 double timeout_s)
+{
+	double t0 = now_s();
+	char last[16] = "?";
+
+	for (;;) {
+		struct rmq_member *m = NULL;
+		size_t n = 0;
+		bool found = false;
+		if (rmq_node_list(c, &m, &n) == 0) {
+			for (size_t i = 0; i < n; i++) {
+				if (m[i].id != id) {
+					continue;
+				}
+				found = true;
+				if (strcmp(last, m[i].role) != 0) {
+					fprintf(stderr, "node %llu: %s\n",
+						(unsigned long long)id,
+						m[i].role);
+					snprintf(last, sizeof last, "%s",
+						 m[i].role);
+				}
+				if (strcmp(m[i].role, role) == 0) {
+					free(m);
+					return 0;
+				}
+			}
+			free(m);
+			if (!found && role[0] == '\0') {
+				return 0;
+			}
+		}
+		if (now_s() - t0 > timeout_s) {
+			return 1;
+		}
+		usleep(500 * 1000);
+	}
+}
+
+static double timeout_arg(const struct args *a, double def)
+{
+	return a->timeout != NULL ? atof(a->timeout) : def;
+}
+
+static int cmd_node_add(const struct args *a, const char *ids)
+{
+	struct rmq_options o;
+	struct rmq_client *c;
+	char what[64];
+	uint64_t id;
+	int rv;
+
+	if (!parse_id(ids, &id) || id == 0) {
+		return usage_error("node add: ID must be a positive integer");
+	}
+	snprintf(what, sizeof what, "node add %llu", (unsigned long long)id);
+	rmq_options_init(&o);
+	if (connect_client(a, &o, &c) != 0) {
+		return 1;
+	}
+	rv = rmq_node_add(c, id);
+	if (rv != 0) {
+		print_error(what, rv);
+		rmq_close(c, 1000);
+		return 1;
+	}
+	/* Replicas are added shard by shard, each catching up first. */
+	rv = wait_for_role(c, id, "voter", timeout_arg(a, 180));
+	rmq_close(c, 1000);
+	if (rv != 0) {
+		fprintf(stderr,
+			"raftmq: %s: not a voter of every shard yet; it keeps "
+			"catching up (see raftmq node list)\n",
+			what);
+		return 1;
+	}
+	printf("node %llu is a member: a voter of every shard\n",
+	       (unsigned long long)id);
+	return 0;
+}
+
+static int cmd_node_remove(const struct args *a, const char *ids)
+{
+	struct rmq_options o;
+	struct rmq_client *c;
+	char what[64];
+	uint64_t id;
+	int rv;
+
+	if (!parse_id(ids, &id) || id == 0) {
+		return usage_error(
+			"node remove: ID must be a positive integer");
+	}
+	snprintf(what, sizeof what, "node remove %llu", (unsigned long long)id);
+	rmq_options_init(&o);
+	if (connect_client(a, &o, &c) != 0) {
+		return 1;
+	}
+	rv = rmq_node_remove(c, id);
+	if (rv != 0) {
+		print_error(what, rv);
+		rmq_close(c, 1000);
+		return 1;
+	}
+	if (!a->wait) {
+		rmq_close(c, 1000);
+		printf("node %llu is leaving; `raftmq node remove %llu --wait` "
+		       "says when it can be stopped\n",
+		       (unsigned long long)id, (unsigned long long)id);
+		return 0;
+	}
+	rv = wait_for_role(c, id, "", timeout_arg(a, 180));
+	rmq_close(c, 1000);
+	if (rv != 0) {
+		fprintf(stderr,
+			"raftmq: %s: still leaving (see raftmq node list)\n",
+			what);
+		return 1;
+	}
+	printf("node %llu is removed from every shard: it can be stopped "
+	       "now\n",
+	       (unsigned long long)id);
+	return 0;
+}
+
+static int cmd_shard(const struct args *a)
+{
+	struct rmq_options o;
+	struct rmq_client *c;
+	char what[96];
+	uint64_t shard, to = 0, from = 0;
+	bool move = strcmp(a->pos[1], "move") == 0;
+	int rv;
+
+	if (!parse_id(a->pos[2], &shard) || shard > 32 ||
+	    !parse_id(a->to, &to) || to == 0 ||
+	    (move && (!parse_id(a->from, &from) || from == 0))) {
+		return usage_error(move ? "expected: shard move SHARD --from "
+					  "NODE --to NODE"
+					: "expected: shard transfer SHARD "
+					  "--to NODE");
+	}
+	snprintf(what, sizeof what, "shard %s %llu", a->pos[1],
+		 (unsigned long long)shard);
+	rmq_options_init(&o);
+	if (connect_client(a, &o, &c) != 0) {
+		return 1;
+	}
+	rv = move ? rmq_shard_move(c, (uint32_t)shard, from, to)
+		  : rmq_shard_transfer(c, (uint32_t)shard, to);
+	rmq_close(c, 1000);
+	if (rv != 0) {
+		print_error(what, rv);
+		return 1;
+	}
+	if (move) {
+		printf("shard %llu: replica moved from node %llu to node "
+		       "%llu\n",
+		       (unsigned long long)shard, (unsigned long long)from,
+		       (unsigned long long)to);
+	} else {
+		printf("shard %llu: node %llu leads it\n",
+		       (unsigned long long)shard, (unsigned long long)to);
+	}
+	return 0;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -815,6 +1087,27 @@ int main(int argc, char **argv)
 			return usage_error("expected: consume QUEUE");
 		}
 		return cmd_consume(&a, a.pos[1]);
+	}
+	if (strcmp(a.pos[0], "node") == 0) {
+		if (a.npos == 2 && strcmp(a.pos[1], "list") == 0) {
+			return cmd_node_list(&a);
+		}
+		if (a.npos == 3 && strcmp(a.pos[1], "add") == 0) {
+			return cmd_node_add(&a, a.pos[2]);
+		}
+		if (a.npos == 3 && strcmp(a.pos[1], "remove") == 0) {
+			return cmd_node_remove(&a, a.pos[2]);
+		}
+		return usage_error("expected: node list | node add ID | "
+				   "node remove ID [--wait]");
+	}
+	if (strcmp(a.pos[0], "shard") == 0) {
+		if (a.npos == 3 && (strcmp(a.pos[1], "transfer") == 0 ||
+				    strcmp(a.pos[1], "move") == 0)) {
+			return cmd_shard(&a);
+		}
+		return usage_error("expected: shard transfer SHARD --to NODE | "
+				   "shard move SHARD --from NODE --to NODE");
 	}
 	fprintf(stderr, "raftmq: unknown command %s\n", a.pos[0]);
 	usage(stderr);

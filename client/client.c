@@ -94,6 +94,7 @@ enum op_kind {
 	OP_STATUS,
 	OP_SUBSCRIBE,
 	OP_CANCEL,
+	OP_ADMIN, /* a membership/shard request to a shard's leader */
 };
 
 enum op_state { OP_NEW, OP_SENT };
@@ -134,6 +135,11 @@ struct op {
 	struct rmq_queue_info *qinfo;
 	size_t nq;
 	struct rmq_cluster_info *cinfo;
+	/* OP_ADMIN: request (borrowed), the shard whose leader answers it,
+	 * and the answer (owned by the caller once done) */
+	const Rmq__Request *areq;
+	uint32_t ashard;
+	Rmq__Response *aresp;
 };
 
 enum k_state { K_PENDING, K_SUBSCRIBING, K_ACTIVE, K_FAILED, K_CANCELLING };
@@ -1483,11 +1489,14 @@ static void op_step_meta(struct rmq_client *c, struct op *op, uint64_t now)
 	if (op->state == OP_SENT || now < op->retry_at) {
 		return;
 	}
-	x = route_shard(c, shard_get(c, 0), now);
+	x = route_shard(c, shard_get(c, op->kind == OP_ADMIN ? op->ashard : 0),
+			now);
 	if (x == NULL) {
 		return;
 	}
-	if (op->kind == OP_DECLARE) {
+	if (op->kind == OP_ADMIN) {
+		r = *op->areq;
+	} else if (op->kind == OP_DECLARE) {
 		dr.name = (char *)op->name;
 		if (op->qo != NULL) {
 			qo.max_length = op->qo->max_length;
@@ -1874,6 +1883,7 @@ static void pump_ops(struct rmq_client *c, uint64_t now)
 			break;
 		case OP_DECLARE:
 		case OP_DELETE:
+		case OP_ADMIN:
 			op_step_meta(c, op, now);
 			break;
 		case OP_LIST:
@@ -1965,14 +1975,33 @@ static void op_on_response(struct rmq_client *c, struct op *op, int tag,
 			return;
 		}
 		break;
+	case OP_ADMIN:
+		if (status == 0) {
+			/* A copy for the caller (the frame is freed after
+			 * this call). */
+			size_t len = rmq__response__get_packed_size(resp);
+			uint8_t *buf = malloc(len ? len : 1);
+			if (buf != NULL) {
+				rmq__response__pack(resp, buf);
+				op->aresp =
+					rmq__response__unpack(NULL, len, buf);
+				free(buf);
+			}
+			op_finish(c, op, op->aresp != NULL ? 0 : RMQ_ENOMEM,
+				  NULL);
+			return;
+		}
+		break;
 	default:
 		break;
 	}
 	if (status == RMQ_ENOTLEADER) {
-		note_not_leader(c, 0, resp->error, x);
+		note_not_leader(c, op->kind == OP_ADMIN ? op->ashard : 0,
+				resp->error, x);
 	} else if (is_transient(status)) {
 		op->maybe_done = true;
-		shard_backoff(c, shard_get(c, 0));
+		shard_backoff(c, shard_get(c, op->kind == OP_ADMIN ? op->ashard
+								   : 0));
 	} else {
 		op_finish(c, op, status, msg);
 	}
@@ -2929,4 +2958,118 @@ RMQ_API int rmq_unsubscribe(struct rmq_consumer *k)
 	op.kind = OP_CANCEL;
 	op.k = k;
 	return op_run(c, &op, c->o.request_timeout_ms);
+}
+
+/* ---- Membership and shards ----------------------------------------------- */
+
+/* Send @req to the leader of @shard (following NOT_LEADER, retrying
+ * transient errors until the request timeout). On 0, *resp (owned by the
+ * caller, may be NULL if not wanted) is the answer. */
+static int admin_call(struct rmq_client *c, uint32_t shard,
+		      const Rmq__Request *req, Rmq__Response **resp)
+{
+	struct op op;
+	int rv;
+
+	memset(&op, 0, sizeof op);
+	op.kind = OP_ADMIN;
+	op.areq = req;
+	op.ashard = shard;
+	rv = op_run(c, &op, c->o.request_timeout_ms);
+	if (rv == 0 && resp != NULL) {
+		*resp = op.aresp;
+	} else if (op.aresp != NULL) {
+		rmq__response__free_unpacked(op.aresp, NULL);
+	}
+	return rv;
+}
+
+RMQ_API int rmq_node_list(struct rmq_client *c, struct rmq_member **out,
+			  size_t *n)
+{
+	Rmq__Request r = RMQ__REQUEST__INIT;
+	Rmq__NodeListReq l = RMQ__NODE_LIST_REQ__INIT;
+	Rmq__Response *resp = NULL;
+	struct rmq_member *m;
+	int rv;
+
+	r.body_case = RMQ__REQUEST__BODY_NODE_LIST;
+	r.node_list = &l;
+	rv = admin_call(c, 0, &r, &resp);
+	if (rv != 0) {
+		return rv;
+	}
+	if (resp->body_case != RMQ__RESPONSE__BODY_NODE_LIST ||
+	    resp->node_list == NULL) {
+		rmq__response__free_unpacked(resp, NULL);
+		set_last_error("unexpected answer to node list");
+		return RMQ_EPROTO;
+	}
+	size_t k = resp->node_list->n_nodes;
+	m = calloc(k + 1, sizeof *m);
+	if (m == NULL) {
+		rmq__response__free_unpacked(resp, NULL);
+		return RMQ_ENOMEM;
+	}
+	for (size_t i = 0; i < k; i++) {
+		const Rmq__MemberInfo *x = resp->node_list->nodes[i];
+		m[i].id = x->id;
+		snprintf(m[i].client_address, sizeof m[i].client_address, "%s",
+			 x->client_address);
+		snprintf(m[i].peer_address, sizeof m[i].peer_address, "%s",
+			 x->peer_address);
+		snprintf(m[i].role, sizeof m[i].role, "%s", x->role);
+		for (size_t j = 0; j < x->n_shards && j < 64; j++) {
+			m[i].shards[m[i].n_shards++] = x->shards[j];
+		}
+	}
+	rmq__response__free_unpacked(resp, NULL);
+	*out = m;
+	*n = k;
+	return 0;
+}
+
+RMQ_API int rmq_node_add(struct rmq_client *c, uint64_t id)
+{
+	Rmq__Request r = RMQ__REQUEST__INIT;
+	Rmq__NodeAddReq a = RMQ__NODE_ADD_REQ__INIT;
+	a.node_id = id;
+	r.body_case = RMQ__REQUEST__BODY_NODE_ADD;
+	r.node_add = &a;
+	return admin_call(c, 0, &r, NULL);
+}
+
+RMQ_API int rmq_node_remove(struct rmq_client *c, uint64_t id)
+{
+	Rmq__Request r = RMQ__REQUEST__INIT;
+	Rmq__NodeRemoveReq a = RMQ__NODE_REMOVE_REQ__INIT;
+	a.node_id = id;
+	r.body_case = RMQ__REQUEST__BODY_NODE_REMOVE;
+	r.node_remove = &a;
+	return admin_call(c, 0, &r, NULL);
+}
+
+RMQ_API int rmq_shard_transfer(struct rmq_client *c, uint32_t shard,
+			       uint64_t to)
+{
+	Rmq__Request r = RMQ__REQUEST__INIT;
+	Rmq__ShardTransferReq t = RMQ__SHARD_TRANSFER_REQ__INIT;
+	t.shard = shard;
+	t.to = to;
+	r.body_case = RMQ__REQUEST__BODY_SHARD_TRANSFER;
+	r.shard_transfer = &t;
+	return admin_call(c, shard, &r, NULL);
+}
+
+RMQ_API int rmq_shard_move(struct rmq_client *c, uint32_t shard, uint64_t from,
+			   uint64_t to)
+{
+	Rmq__Request r = RMQ__REQUEST__INIT;
+	Rmq__ShardMoveReq m = RMQ__SHARD_MOVE_REQ__INIT;
+	m.shard = shard;
+	m.from = from;
+	m.to = to;
+	r.body_case = RMQ__REQUEST__BODY_SHARD_MOVE;
+	r.shard_move = &m;
+	return admin_call(c, shard, &r, NULL);
 }

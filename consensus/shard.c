@@ -50,8 +50,18 @@ struct shard {
 	uint64_t barrier_term;   /* term whose barrier has been applied */
 	struct raft_barrier barrier;
 
+	unsigned changing; /* configuration changes in flight (0 or 1) */
+	bool closing;
+
 	shard_close_cb close_cb;
 	void *close_data;
+};
+
+struct shard_change {
+	struct raft_change req;
+	struct shard *shard;
+	shard_change_cb cb;
+	void *data;
 };
 
 struct shard_apply {
@@ -81,7 +91,14 @@ static int err_from_raft(int rv)
 	case RAFT_CORRUPT:
 		return RMQ_ECORRUPT;
 	case RAFT_BUSY:
+	case RAFT_CANTCHANGE:
 		return RMQ_EUNAVAIL;
+	case RAFT_BADID:
+	case RAFT_BADROLE:
+	case RAFT_DUPLICATEID:
+	case RAFT_DUPLICATEADDRESS:
+	case RAFT_NOTFOUND:
+		return RMQ_EINVAL;
 	default:
 		return RMQ_EIO;
 	}
@@ -265,6 +282,15 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	}
 	s->raft.data = s;
 	shard_tune_raft(&s->raft, c);
+	/* A new replica is promoted to voter once one catch-up round takes
+	 * less than an election timeout; under a steady load the first rounds
+	 * (a snapshot, a long log) are slow, so allow many before giving up
+	 * (the caller retries anyway). */
+	raft_set_max_catch_up_rounds(&s->raft, 50);
+	/* ... and abort a promotion whose round makes no progress for this
+	 * long (a dead or wedged new replica), so that other configuration
+	 * changes, such as removing it, can go ahead. */
+	raft_set_max_catch_up_round_duration(&s->raft, 15000);
 	raft_set_snapshot_threshold(&s->raft, c->snapshot_threshold);
 	raft_set_snapshot_trailing(&s->raft, c->snapshot_trailing);
 	/* raft 0.15 waits this long before sending a snapshot again when the
@@ -338,6 +364,7 @@ void shard_close(struct shard *s, shard_close_cb cb, void *data)
 {
 	s->close_cb = cb;
 	s->close_data = data;
+	s->closing = true;
 	raft_close(&s->raft, shard_raft_closed_cb);
 }
 
@@ -386,23 +413,52 @@ err:
 	return rv;
 }
 
+struct shard_transfer_req {
+	struct raft_transfer req;
+	struct shard *shard;
+	uint64_t target;
+	shard_transfer_cb cb;
+	void *data;
+};
+
 static void transfer_cb(struct raft_transfer *req)
 {
-	free(req);
+	struct shard_transfer_req *t = req->data;
+	if (t->cb != NULL) {
+		int status = RMQ_ETIMEDOUT;
+		if (t->shard->closing) {
+			status = RMQ_ESHUTDOWN;
+		} else if (shard_leader_id(t->shard) == t->target) {
+			status = 0;
+		}
+		t->cb(t->data, status);
+	}
+	free(t);
+}
+
+int shard_transfer_notify(struct shard *s, uint64_t node_id,
+			  shard_transfer_cb cb, void *data)
+{
+	struct shard_transfer_req *t = calloc(1, sizeof *t);
+	if (t == NULL) {
+		return RMQ_ENOMEM;
+	}
+	t->req.data = t;
+	t->shard = s;
+	t->target = node_id;
+	t->cb = cb;
+	t->data = data;
+	int rv = raft_transfer(&s->raft, &t->req, node_id, transfer_cb);
+	if (rv != 0) {
+		free(t);
+		return err_from_raft(rv);
+	}
+	return 0;
 }
 
 int shard_transfer(struct shard *s, uint64_t node_id)
 {
-	struct raft_transfer *req = calloc(1, sizeof *req);
-	if (req == NULL) {
-		return RMQ_ENOMEM;
-	}
-	int rv = raft_transfer(&s->raft, req, node_id, transfer_cb);
-	if (rv != 0) {
-		free(req);
-		return err_from_raft(rv);
-	}
-	return 0;
+	return shard_transfer_notify(s, node_id, NULL, NULL);
 }
 
 static void barrier_cb(struct raft_barrier *req, int status)
@@ -524,4 +580,133 @@ bool shard_peer_caught_up(struct shard *s, uint64_t node_id)
 	int i = progress_index(s, node_id);
 	return i >= 0 && s->raft.leader_state.progress[i].match_index >=
 				 raft_last_index(&s->raft);
+}
+
+/* ---- Membership -------------------------------------------------------- */
+
+static void change_cb(struct raft_change *req, int status)
+{
+	struct shard_change *ch = req->data;
+	ch->shard->changing--;
+	if (ch->cb != NULL) {
+		ch->cb(ch->data, err_from_raft(status));
+	}
+	free(ch);
+}
+
+static struct shard_change *change_new(struct shard *s, shard_change_cb cb,
+				       void *data)
+{
+	struct shard_change *ch;
+	if (s->changing > 0) {
+		return NULL;
+	}
+	ch = calloc(1, sizeof *ch);
+	if (ch != NULL) {
+		ch->req.data = ch;
+		ch->shard = s;
+		ch->cb = cb;
+		ch->data = data;
+	}
+	return ch;
+}
+
+static int change_started(struct shard *s, struct shard_change *ch, int rv)
+{
+	if (rv != 0) {
+		free(ch);
+		return err_from_raft(rv);
+	}
+	s->changing++;
+	return 0;
+}
+
+int shard_add(struct shard *s, uint64_t node_id, const char *peer_address,
+	      shard_change_cb cb, void *data)
+{
+	struct shard_change *ch = change_new(s, cb, data);
+	if (ch == NULL) {
+		return s->changing > 0 ? RMQ_EUNAVAIL : RMQ_ENOMEM;
+	}
+	return change_started(s, ch,
+			      raft_add(&s->raft, &ch->req, node_id,
+				       peer_address, change_cb));
+}
+
+static int raft_role_of(enum shard_member_role role)
+{
+	switch (role) {
+	case SHARD_MEMBER_VOTER:
+		return RAFT_VOTER;
+	case SHARD_MEMBER_SPARE:
+		return RAFT_SPARE;
+	default:
+		return RAFT_STANDBY;
+	}
+}
+
+int shard_assign(struct shard *s, uint64_t node_id, enum shard_member_role role,
+		 shard_change_cb cb, void *data)
+{
+	struct shard_change *ch = change_new(s, cb, data);
+	if (ch == NULL) {
+		return s->changing > 0 ? RMQ_EUNAVAIL : RMQ_ENOMEM;
+	}
+	return change_started(s, ch,
+			      raft_assign(&s->raft, &ch->req, node_id,
+					  raft_role_of(role), change_cb));
+}
+
+int shard_remove(struct shard *s, uint64_t node_id, shard_change_cb cb,
+		 void *data)
+{
+	struct shard_change *ch = change_new(s, cb, data);
+	if (ch == NULL) {
+		return s->changing > 0 ? RMQ_EUNAVAIL : RMQ_ENOMEM;
+	}
+	return change_started(
+		s, ch, raft_remove(&s->raft, &ch->req, node_id, change_cb));
+}
+
+bool shard_changing(const struct shard *s)
+{
+	return s->changing > 0;
+}
+
+static enum shard_member_role member_role_of(int role)
+{
+	switch (role) {
+	case RAFT_VOTER:
+		return SHARD_MEMBER_VOTER;
+	case RAFT_SPARE:
+		return SHARD_MEMBER_SPARE;
+	default:
+		return SHARD_MEMBER_STANDBY;
+	}
+}
+
+size_t shard_members(struct shard *s, struct shard_member *out, size_t max)
+{
+	const struct raft_configuration *c = &s->raft.configuration;
+	for (unsigned i = 0; i < c->n && i < max; i++) {
+		out[i].id = c->servers[i].id;
+		out[i].role = member_role_of(c->servers[i].role);
+		snprintf(out[i].address, sizeof out[i].address, "%s",
+			 c->servers[i].address != NULL ? c->servers[i].address
+						       : "");
+	}
+	return c->n;
+}
+
+bool shard_member_role(struct shard *s, uint64_t node_id,
+		       enum shard_member_role *role)
+{
+	const struct raft_configuration *c = &s->raft.configuration;
+	for (unsigned i = 0; i < c->n; i++) {
+		if (c->servers[i].id == node_id) {
+			*role = member_role_of(c->servers[i].role);
+			return true;
+		}
+	}
+	return false;
 }

@@ -100,6 +100,54 @@ int shard_propose(struct shard *s, const Rmqc__Command *cmd, shard_apply_cb cb,
 
 /* Ask raft to hand leadership to @node_id (0: the most up to date). */
 int shard_transfer(struct shard *s, uint64_t node_id);
+/* The same, and @cb fires once when it is over (on 0 only): status 0 if
+ * @node_id (non-zero) now leads as far as we know, RMQ_ETIMEDOUT if not
+ * after an election timeout, RMQ_ESHUTDOWN on close. */
+typedef void (*shard_transfer_cb)(void *data, int status);
+int shard_transfer_notify(struct shard *s, uint64_t node_id,
+			  shard_transfer_cb cb, void *data);
+
+/* ---- Membership (leader only) ----------------------------------------
+ *
+ * One configuration change at a time per shard: while one is in flight
+ * (shard_changing()), or raft still has an uncommitted one, the calls
+ * return RMQ_EUNAVAIL. On 0, @cb (may be NULL) fires exactly once with 0
+ * once the new configuration is committed, or with an error (RMQ_E*:
+ * leadership lost, the new voter did not catch up in time, shutdown); it
+ * may fire during shard_close(). On error @cb is never called.
+ *
+ * canonical/raft 0.15: shard_add() adds @node_id as a spare (it gets no
+ * entries); shard_assign(SHARD_MEMBER_VOTER) first replicates the log to it
+ * in catch-up rounds and appends the configuration change only once a
+ * round is shorter than an election timeout. Demoting a voter and
+ * promoting it again later is avoided by the callers (0.15 may never
+ * finish catching such a server up). */
+enum shard_member_role {
+	SHARD_MEMBER_STANDBY = 0, /* replicates the log, does not vote */
+	SHARD_MEMBER_VOTER = 1,
+	SHARD_MEMBER_SPARE = 2, /* neither */
+};
+
+struct shard_member {
+	uint64_t id;
+	enum shard_member_role role;
+	char address[64];
+};
+
+typedef void (*shard_change_cb)(void *data, int status);
+int shard_add(struct shard *s, uint64_t node_id, const char *peer_address,
+	      shard_change_cb cb, void *data);
+int shard_assign(struct shard *s, uint64_t node_id, enum shard_member_role role,
+		 shard_change_cb cb, void *data);
+int shard_remove(struct shard *s, uint64_t node_id, shard_change_cb cb,
+		 void *data);
+bool shard_changing(const struct shard *s);
+/* The current configuration (the latest appended, committed or not);
+ * returns how many servers it has (may exceed @max: only @max written). */
+size_t shard_members(struct shard *s, struct shard_member *out, size_t max);
+/* The role of @node_id in the current configuration; false if absent. */
+bool shard_member_role(struct shard *s, uint64_t node_id,
+		       enum shard_member_role *role);
 
 /* Detect role changes; see above. */
 void shard_poll(struct shard *s);

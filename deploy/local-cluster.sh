@@ -2,6 +2,7 @@
 # A local three-node raftmq cluster on 127.0.0.1, for development and tests.
 #
 # Usage: deploy/local-cluster.sh start | stop | status | kill N... | restart N...
+#                                | add N | remove N
 #
 #   start      start every node that is not running (on its existing data, or
 #              bootstrapping a new cluster on empty data dirs) and return once
@@ -9,8 +10,15 @@
 #              with the tail of the logs after RAFTMQ_START_TIMEOUT seconds.
 #   stop       SIGTERM every node, wait up to 10 s, then SIGKILL leftovers.
 #   status     which nodes are running, then `raftmq cluster status`.
-#   kill N     SIGKILL node N (1..3): a crash, nothing confirmed may be lost.
+#   kill N     SIGKILL node N (1..9): a crash, nothing confirmed may be lost.
 #   restart N  start node N again on its data; returns once it accepts clients.
+#   add N      start node N (4..9) on an empty data dir with --join (it
+#              registers as a spare), then `raftmq node add N`: returns once
+#              it is a voter of every shard.
+#   remove N   `raftmq node remove N --wait` (moves its replicas and
+#              leaderships away, works for a dead node too), then stop it.
+#              Its data dir is wiped: a removed node never comes back on its
+#              old data.
 #
 # Environment:
 #   RAFTMQ_DIR        data dirs, logs, INI and pid files (default:
@@ -30,7 +38,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=pidfile.sh
 source "$REPO/deploy/pidfile.sh"
-NODES=(1 2 3)
+NODES=(1 2 3)     # the initial cluster
+ALL_NODES=(1 2 3 4 5 6 7 8 9)
 
 abspath() {
 	case $1 in
@@ -60,10 +69,14 @@ client_addr() { echo "$HOST:$((RAFTMQ_PORT_BASE + $1))"; }
 peer_addr() { echo "$HOST:$((RAFTMQ_PORT_BASE + 100 + $1))"; }
 http_addr() { echo "$HOST:$((RAFTMQ_PORT_BASE + 200 + $1))"; }
 
+# Client addresses of the initial nodes and of every added node that has a
+# data dir.
 servers() {
 	local n s=""
-	for n in "${NODES[@]}"; do
-		s+="${s:+,}$(client_addr "$n")"
+	for n in "${ALL_NODES[@]}"; do
+		if ((n <= 3)) || [[ -d $RAFTMQ_DIR/node$n ]]; then
+			s+="${s:+,}$(client_addr "$n")"
+		fi
 	done
 	echo "$s"
 }
@@ -94,8 +107,8 @@ die() {
 }
 
 check_node_arg() {
-	[[ $1 =~ ^[1-3]$ ]] || {
-		echo "local-cluster: node must be 1, 2 or 3, not '$1'" >&2
+	[[ $1 =~ ^[1-9]$ ]] || {
+		echo "local-cluster: node must be 1..9, not '$1'" >&2
 		exit 2
 	}
 }
@@ -127,7 +140,13 @@ write_ini() {
 		echo
 		echo "[cluster]"
 		echo "name = local"
-		echo "initial_cluster = $(initial_cluster)"
+		if ((n <= 3)); then
+			echo "initial_cluster = $(initial_cluster)"
+		else
+			# Added later: registers through the running nodes on
+			# its first start (ignored once it has joined).
+			echo "join = $(servers)"
+		fi
 		if [[ -n ${RAFTMQ_EXTRA_CONFIG:-} ]]; then
 			echo
 			printf '%b\n' "$RAFTMQ_EXTRA_CONFIG"
@@ -148,6 +167,10 @@ check_bins() {
 # setsid and nohup exec in place and $! is raftmqd's own pid.
 start_node() {
 	local n=$1 pid
+	if [[ -e $RAFTMQ_DIR/node$n.removed ]]; then
+		say "node $n was removed from the cluster: not starting it"
+		return 0
+	fi
 	pid=$(node_pid "$n")
 	if [[ -n $pid ]]; then
 		say "node $n already running (pid $pid)"
@@ -230,7 +253,9 @@ cmd_start() {
 		start_node "$n"
 	done
 	while ((SECONDS < deadline)); do
-		check_alive "${NODES[@]}"
+		check_alive $(for n in "${NODES[@]}"; do
+			[[ -e $RAFTMQ_DIR/node$n.removed ]] || echo "$n"
+		done)
 		if out=$(status_json); then
 			if why=$(cluster_ready <<<"$out"); then
 				say "cluster ready: 3 nodes reachable, every shard has a leader (servers $(servers))"
@@ -301,7 +326,9 @@ cmd_kill() {
 
 cmd_stop() {
 	local n pid pids=() nodes=() i
-	for n in "${NODES[@]}"; do
+	local which=("$@")
+	((${#which[@]} > 0)) || which=("${ALL_NODES[@]}")
+	for n in "${which[@]}"; do
 		pid=$(node_pid "$n")
 		[[ -n $pid ]] || continue
 		kill -TERM "$pid" 2>/dev/null || true
@@ -340,7 +367,8 @@ cmd_stop() {
 
 cmd_status() {
 	local n pid running=0
-	for n in "${NODES[@]}"; do
+	for n in "${ALL_NODES[@]}"; do
+		((n <= 3)) || [[ -d $RAFTMQ_DIR/node$n ]] || continue
 		pid=$(node_pid "$n")
 		if [[ -n $pid ]]; then
 			say "node $n running (pid $pid), clients $(client_addr "$n")"
@@ -352,6 +380,39 @@ cmd_status() {
 	((running > 0)) || return 3
 	check_bins
 	"$RAFTMQ_BIN/raftmq" --servers "$(servers)" cluster status
+}
+
+cmd_add() {
+	local n=$1 pid deadline=$((SECONDS + START_TIMEOUT))
+	check_bins
+	((n >= 4)) || die "add: nodes 1..3 are the initial cluster; add 4..9"
+	pid=$(node_pid "$n")
+	[[ -z $pid ]] || die "add: node $n is already running (pid $pid)"
+	[[ ! -e $RAFTMQ_DIR/node$n ]] ||
+		die "add: $RAFTMQ_DIR/node$n exists: a node joins on an empty data dir"
+	mkdir -p "$RAFTMQ_DIR"
+	start_node "$n"
+	until port_open "$n"; do
+		check_alive "$n"
+		if ((SECONDS >= deadline)); then
+			tail_logs "$n"
+			die "node $n did not join within ${START_TIMEOUT}s"
+		fi
+		sleep 0.3
+	done
+	say "node $n registered as a spare; adding it (raftmq node add $n)"
+	"$RAFTMQ_BIN/raftmq" --servers "$(servers)" node add "$n"
+}
+
+cmd_remove() {
+	local n=$1
+	check_bins
+	"$RAFTMQ_BIN/raftmq" --servers "$(servers)" node remove "$n" --wait
+	cmd_stop "$n"
+	# A removed node must never start again on its old Raft data.
+	rm -rf "${RAFTMQ_DIR:?}/node$n"
+	((n > 3)) || touch "$RAFTMQ_DIR/node$n.removed"
+	say "node $n removed and stopped; its data dir is wiped"
 }
 
 (($# >= 1)) || usage
@@ -368,6 +429,11 @@ kill | restart)
 		check_node_arg "$n"
 	done
 	"cmd_$cmd" "$@"
+	;;
+add | remove)
+	(($# == 1)) || usage
+	check_node_arg "$1"
+	"cmd_$cmd" "$1"
 	;;
 -h | --help | help)
 	usage 0

@@ -77,6 +77,8 @@ static int set_key(struct config *c, const char *section, const char *key,
 	} else if (strcmp(key, "name") == 0 ||
 		   strcmp(key, "cluster_name") == 0) {
 		COPY(c->cluster_name, v);
+	} else if (strcmp(key, "join") == 0) {
+		COPY(c->join, v);
 	} else if (strcmp(key, "initial_cluster") == 0) {
 		COPY(c->initial_cluster, v);
 	} else if (strcmp(key, "shards") == 0 && numeric && n >= 1 && n <= 32) {
@@ -163,6 +165,7 @@ static void usage(FILE *f)
 		"               [--cluster-name NAME] [--initial-cluster "
 		"1@H:P,2@H:P,...]\n"
 		"               [--shards N] [--log-level debug|info|warn|error]\n"
+		"               [--join H:P[,H:P...]]\n"
 		"Flags override the INI file; see docs/operations.md.\n");
 }
 
@@ -180,6 +183,7 @@ int config_load(struct config *c, int argc, char **argv)
 		{"initial-cluster", required_argument, NULL, 'I'},
 		{"shards", required_argument, NULL, 's'},
 		{"log-level", required_argument, NULL, 'l'},
+		{"join", required_argument, NULL, 'j'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -194,6 +198,7 @@ int config_load(struct config *c, int argc, char **argv)
 		['I'] = "initial_cluster",
 		['s'] = "shards",
 		['l'] = "log_level",
+		['j'] = "join",
 	};
 	struct sockaddr_storage ss;
 	int ch;
@@ -241,10 +246,14 @@ int config_load(struct config *c, int argc, char **argv)
 		fprintf(stderr, "raftmqd: a node id is required (--id)\n");
 		return RMQ_EINVAL;
 	}
-	if (c->initial_cluster[0] == '\0' ||
-	    config_parse_members(c, c->initial_cluster) != 0) {
-		fprintf(stderr, "raftmqd: initial_cluster must be "
-				"1@host:port,2@host:port,...\n");
+	/* A joining node learns its cluster from the nodes in join; it does
+	 * not need (and ignores for bootstrap) an initial_cluster. */
+	if ((c->join[0] == '\0' || c->initial_cluster[0] != '\0') &&
+	    (c->initial_cluster[0] == '\0' ||
+	     config_parse_members(c, c->initial_cluster) != 0)) {
+		fprintf(stderr,
+			"raftmqd: initial_cluster must be "
+			"1@host:port,2@host:port,... (or give --join)\n");
 		return RMQ_EINVAL;
 	}
 	if (c->peer_address[0] == '\0') {

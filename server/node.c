@@ -98,6 +98,22 @@ static int check_identity(struct node *n)
 		LOGE("cannot write %s", path);
 		return rv;
 	}
+	/* A node that joined a running cluster keeps the cluster's shard
+	 * count here (its own config may say otherwise). */
+	snprintf(path, sizeof path, "%s/shards", n->cfg.data_dir);
+	rv = read_file_u64(path, &v, &found);
+	if (rv != 0) {
+		LOGE("cannot read %s", path);
+		return rv;
+	}
+	if (found) {
+		if (v < 1 || v + 1 > NODE_MAX_SHARDS) {
+			LOGE("bad shard count in %s", path);
+			return RMQ_ECORRUPT;
+		}
+		n->cfg.shards = (unsigned)v;
+		n->joined = true;
+	}
 	snprintf(path, sizeof path, "%s/cluster.id", n->cfg.data_dir);
 	rv = read_file_u64(path, &v, &found);
 	if (rv != 0) {
@@ -106,6 +122,27 @@ static int check_identity(struct node *n)
 	}
 	if (found) {
 		n->cluster_id = v;
+	} else if (n->cfg.join[0] != '\0') {
+		/* Empty data dir and --join: register with the cluster as a
+		 * spare; its shards start empty, not bootstrapped. */
+		unsigned shards = 0;
+		rv = join_cluster(&n->cfg, &n->cluster_id, &shards);
+		if (rv != 0) {
+			return rv;
+		}
+		n->cfg.shards = shards;
+		n->joined = true;
+		snprintf(path, sizeof path, "%s/shards", n->cfg.data_dir);
+		rv = write_file_u64(path, shards);
+		if (rv == 0) {
+			snprintf(path, sizeof path, "%s/cluster.id",
+				 n->cfg.data_dir);
+			rv = write_file_u64(path, n->cluster_id);
+		}
+		if (rv != 0) {
+			LOGE("cannot write %s", path);
+			return rv;
+		}
 	} else {
 		/* Same name and initial cluster on every node: same id. */
 		n->cluster_id = fnv1a(n->cfg.initial_cluster,
@@ -219,6 +256,9 @@ static int open_shards(struct node *n)
 		ids[i] = n->cfg.members[i].id;
 		addrs[i] = n->cfg.members[i].peer_address;
 		member = member || ids[i] == n->cfg.id;
+	}
+	if (n->joined) {
+		member = false; /* never bootstrap: the cluster adds us */
 	}
 	n->n_shards = n->cfg.shards + 1;
 	for (unsigned i = 0; i < n->n_shards; i++) {
@@ -514,7 +554,10 @@ int node_run(const struct config *cfg)
 		goto fail;
 	}
 	check_free_disk(n);
-	rv = n->fatal ? RMQ_EFULL : open_shards(n);
+	rv = n->fatal ? RMQ_EFULL : members_init(n);
+	if (rv == 0) {
+		rv = open_shards(n);
+	}
 	if (rv == 0) {
 		rv = queues_load(n);
 	}
@@ -550,6 +593,7 @@ run:
 		LOGW("loop close: %s", uv_strerror(rv));
 	}
 	int code = n->exit_code;
+	members_close(n);
 	free(n);
 	LOGI("node %" PRIu64 ": stopped", cfg->id);
 	return code;

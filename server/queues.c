@@ -1459,12 +1459,17 @@ static void handle_list(struct node *n, struct conn *c, uint64_t id,
 		conn_send_response(c, &resp);
 		goto out;
 	}
+	size_t n_nodes = 0;
 	for (size_t i = 0; i < n->n_peers; i++) {
-		rmq__node_info__init(&ni[i]);
-		ni[i].id = n->peers[i].id;
-		ni[i].client_address = n->peers[i].client_address;
-		ni[i].peer_address = n->peers[i].peer_address;
-		nip[i] = &ni[i];
+		if (n->peers[i].removed) {
+			continue; /* removed from the cluster (members.c) */
+		}
+		rmq__node_info__init(&ni[n_nodes]);
+		ni[n_nodes].id = n->peers[i].id;
+		ni[n_nodes].client_address = n->peers[i].client_address;
+		ni[n_nodes].peer_address = n->peers[i].peer_address;
+		nip[n_nodes] = &ni[n_nodes];
+		n_nodes++;
 	}
 	for (unsigned i = 0; i < n->n_shards; i++) {
 		struct shard *s = n->shards[i];
@@ -1481,7 +1486,7 @@ static void handle_list(struct node *n, struct conn *c, uint64_t id,
 	top.node_id = n->cfg.id;
 	top.cluster_name = n->cfg.cluster_name;
 	top.nodes = nip;
-	top.n_nodes = n->n_peers;
+	top.n_nodes = n_nodes;
 	top.shards = sip;
 	top.n_shards = n->n_shards;
 	top.queues = qp;
@@ -1525,6 +1530,10 @@ void queues_request(struct node *n, struct conn *c, Rmq__Request *req)
 	if (n->stopping) {
 		conn_send_error(c, req->id, RMQ_ESHUTDOWN,
 				"node is shutting down");
+		rmq__request__free_unpacked(req, NULL);
+		return;
+	}
+	if (members_request(n, c, req)) {
 		rmq__request__free_unpacked(req, NULL);
 		return;
 	}
@@ -1687,6 +1696,15 @@ static void peer_from_record(struct node *n, const struct store_node *sn)
 	if (p == NULL) {
 		return;
 	}
+	if (sn->client_address[0] == '\0') {
+		/* A removal tombstone (members.c). The addresses we know stay
+		 * for redirects; the node is not registered again from its
+		 * peer connections, only by joining again. */
+		p->removed = true;
+		p->registered = true;
+		return;
+	}
+	p->removed = false;
 	if (p->client_address[0] == '\0' ||
 	    strcmp(p->client_address, sn->client_address) == 0) {
 		snprintf(p->client_address, sizeof p->client_address, "%s",
@@ -1727,6 +1745,8 @@ static void applied_meta(struct node *n, const struct fsm_result *r)
 			snprintf(sn.peer_address, sizeof sn.peer_address, "%s",
 				 op->node->peer_address);
 			peer_from_record(n, &sn);
+			members_node_applied(n, sn.id,
+					     sn.client_address[0] == '\0');
 		}
 	}
 }
@@ -2003,7 +2023,8 @@ static void register_nodes(struct node *n)
 	}
 	for (size_t i = 0; i < n->n_peers; i++) {
 		struct peer_info *p = &n->peers[i];
-		if (p->registered || p->client_address[0] == '\0') {
+		if (p->registered || p->removed ||
+		    p->client_address[0] == '\0') {
 			continue;
 		}
 		rmqc__op__init(&ops[k]);
@@ -2027,34 +2048,6 @@ static void register_nodes(struct node *n)
 	}
 }
 
-/* Spread leadership: shard i prefers the (i mod members)-th member. When we
- * lead a shard whose preferred node is alive and caught up, hand it over. */
-static void balance_leaders(struct node *n)
-{
-	static unsigned ticks;
-	if (++ticks % 10 != 0 || n->cfg.n_members == 0) {
-		return;
-	}
-	if (uv_hrtime() / 1000000 < n->started_ms + 5000) {
-		return;
-	}
-	for (unsigned i = 0; i < n->n_shards; i++) {
-		struct shard *s = n->shards[i];
-		uint64_t preferred = n->cfg.members[i % n->cfg.n_members].id;
-		if (shard_role(s) != SHARD_LEADER || preferred == n->cfg.id) {
-			continue;
-		}
-		if (shard_peer_recent(s, preferred) &&
-		    shard_peer_caught_up(s, preferred)) {
-			LOGI("shard %u: handing leadership to preferred node "
-			     "%" PRIu64,
-			     i, preferred);
-			shard_transfer(s, preferred);
-			return; /* one at a time */
-		}
-	}
-}
-
 void queues_tick(struct node *n)
 {
 	for (unsigned i = 1; i < n->n_shards; i++) {
@@ -2071,7 +2064,7 @@ void queues_tick(struct node *n)
 	if (shard_role(n->shards[0]) == SHARD_LEADER) {
 		register_nodes(n);
 	}
-	balance_leaders(n);
+	members_tick(n);
 }
 
 /* ---- load and close ----------------------------------------------------- */

@@ -136,6 +136,7 @@ struct peer_info {
 	char client_address[64];
 	char peer_address[64];
 	bool registered; /* meta store has these addresses */
+	bool removed;    /* the meta store's record is a removal tombstone */
 };
 
 struct queue_table {
@@ -166,6 +167,8 @@ struct node {
 	bool fatal;                            /* a shard stopped applying */
 	uint64_t started_ms;
 	bool serving; /* the client listener is up */
+	bool joined; /* joined a running cluster (--join), not bootstrapped */
+	struct members *members; /* owned: see members.c */
 	bool stopping;
 	int exit_code;
 	/* Observability (admin.c renders them). */
@@ -174,6 +177,29 @@ struct node {
 	struct lat_hist apply_lat[NODE_MAX_SHARDS];  /* FSM apply of 1 entry */
 	struct http *http; /* owned; NULL when http_address is empty */
 };
+
+/* ---- members.c: membership, shard replicas and leader balance ------------
+ *
+ * Members are the servers of the meta shard's Raft configuration; every
+ * member replicates every shard. Each shard's leader moves its own
+ * configuration towards the meta shard's (add joining nodes, then promote
+ * them, then remove leaving ones), and leaders are spread evenly. */
+int members_init(struct node *n);
+void members_close(struct node *n);
+/* Periodic work (every tick). */
+void members_tick(struct node *n);
+/* Handle an admin request (join, node list/add/remove, shard transfer/
+ * move); returns false if @req is not one of them. Does not take @req. */
+bool members_request(struct node *n, struct conn *c, const Rmq__Request *req);
+/* A NodeOp was applied on the meta shard. */
+void members_node_applied(struct node *n, uint64_t id, bool removed);
+
+/* ---- join.c ------------------------------------------------------------ */
+
+/* Register node cfg->id with the cluster reached through cfg->join (see
+ * join.c). Blocking; called before the loop runs. */
+int join_cluster(const struct config *cfg, uint64_t *cluster_id,
+		 unsigned *shards);
 
 int node_run(const struct config *cfg);
 struct peer_info *node_peer(struct node *n, uint64_t id, bool create);

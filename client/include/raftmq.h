@@ -133,6 +133,38 @@ RMQ_API int rmq_cluster_status(struct rmq_client *c,
 			       struct rmq_cluster_info **out);
 RMQ_API void rmq_cluster_info_free(struct rmq_cluster_info *info);
 
+/* ---- Membership and shards (docs/operations.md) ----------------------- */
+
+struct rmq_member {
+	uint64_t id;
+	char client_address[64];
+	char peer_address[64];
+	char role[16]; /* "voter", "standby" (joining), "spare", "leaving" */
+	uint32_t shards[64]; /* shards it is a voter of; 0 is the meta shard */
+	size_t n_shards;
+};
+
+/* The cluster's nodes as the meta shard's leader sees them. On 0, *out is
+ * an array of *n entries owned by the caller (free()). */
+RMQ_API int rmq_node_list(struct rmq_client *c, struct rmq_member **out,
+			  size_t *n);
+/* Make registered spare @id a member: returns once the meta shard has
+ * added it; it is a voter of every shard once rmq_node_list() says
+ * "voter". RMQ_EEXISTS if it already is, RMQ_ENOTFOUND if it has not
+ * registered (started with --join). */
+RMQ_API int rmq_node_add(struct rmq_client *c, uint64_t id);
+/* Start removing @id (alive or dead): returns once it is marked leaving;
+ * it can be stopped once rmq_node_list() no longer lists it. */
+RMQ_API int rmq_node_remove(struct rmq_client *c, uint64_t id);
+/* Hand the leadership of @shard to node @to (a voter of it); returns once
+ * the old leader stepped down (RMQ_EUNAVAIL if @to did not take over). */
+RMQ_API int rmq_shard_transfer(struct rmq_client *c, uint32_t shard,
+			       uint64_t to);
+/* Move the replica of @shard from node @from to node @to. Not supported
+ * while every member replicates every shard: the server says why. */
+RMQ_API int rmq_shard_move(struct rmq_client *c, uint32_t shard, uint64_t from,
+			   uint64_t to);
+
 /* ---- Publishing --------------------------------------------------------- */
 
 struct rmq_header {

@@ -1,6 +1,7 @@
 /* Tests of server/config.c: the example configuration shipped in deploy/
  * loads as it is, the admin HTTP keys are checked at start-up, flags win
- * over the file. (That every key config.c parses is documented in the
+ * over the file, the rules for a node that joins a running cluster.
+ * (That every key config.c parses is documented in the
  * example is checked by tests/deploy/check_config_keys.py.) */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -81,6 +82,63 @@ static void ready_max_lag_from_file(void **state)
 	remove(path);
 }
 
+static int load_c(struct config *c, int argc, const char **argv)
+{
+	return load(c, argc, (char **)argv);
+}
+
+static void config_join_without_initial_cluster_accepted(void **state)
+{
+	const char *argv[] = {"raftmqd",
+			      "--id",
+			      "4",
+			      "--client-address",
+			      "127.0.0.1:7104",
+			      "--peer-address",
+			      "127.0.0.1:7204",
+			      "--join",
+			      "127.0.0.1:7101,127.0.0.1:7102"};
+	struct config c;
+	(void)state;
+	assert_int_equal(load_c(&c, 9, argv), 0);
+	assert_string_equal(c.join, "127.0.0.1:7101,127.0.0.1:7102");
+	assert_int_equal(c.n_members, 0);
+}
+
+static void config_no_join_no_initial_cluster_refused(void **state)
+{
+	const char *argv[] = {
+		"raftmqd",          "--id",           "4",
+		"--client-address", "127.0.0.1:7104", "--peer-address",
+		"127.0.0.1:7204"};
+	struct config c;
+	(void)state;
+	assert_int_equal(load_c(&c, 7, argv), RMQ_EINVAL);
+}
+
+static void config_join_needs_peer_address(void **state)
+{
+	/* Without initial_cluster nothing names the peer address. */
+	const char *argv[] = {"raftmqd",          "--id",           "4",
+			      "--client-address", "127.0.0.1:7104", "--join",
+			      "127.0.0.1:7101"};
+	struct config c;
+	(void)state;
+	assert_int_equal(load_c(&c, 7, argv), RMQ_EINVAL);
+}
+
+static void config_bad_initial_cluster_with_join_refused(void **state)
+{
+	const char *argv[] = {
+		"raftmqd",           "--id",           "4",
+		"--client-address",  "127.0.0.1:7104", "--peer-address",
+		"127.0.0.1:7204",    "--join",         "127.0.0.1:7101",
+		"--initial-cluster", "garbage"};
+	struct config c;
+	(void)state;
+	assert_int_equal(load_c(&c, 11, argv), RMQ_EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -88,6 +146,10 @@ int main(void)
 		cmocka_unit_test(http_address_bad_fails_start),
 		cmocka_unit_test(http_address_empty_disables_http),
 		cmocka_unit_test(ready_max_lag_from_file),
+		cmocka_unit_test(config_join_without_initial_cluster_accepted),
+		cmocka_unit_test(config_no_join_no_initial_cluster_refused),
+		cmocka_unit_test(config_join_needs_peer_address),
+		cmocka_unit_test(config_bad_initial_cluster_with_join_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
