@@ -19,10 +19,12 @@
  * Placement (meta leader, plan_placement(), one PlaceOp at a time): a
  * shard's replica set keeps only staying members (not leaving), is filled
  * up to replication_factor with the live members holding the fewest
- * replicas, and, once every shard's configuration matches its placement,
- * one replica at a time moves from the member holding the most replicas to
- * the one holding the fewest until they differ by at most one. `shard move`
- * rewrites one placement.
+ * replicas, and, after the member set changed, once every shard's
+ * configuration matches its placement, one replica at a time moves from
+ * the member holding the most replicas to the one holding the fewest until
+ * they differ by at most one; then the member set is recorded as balanced
+ * (the meta shard's own placement record). `shard move` rewrites one
+ * placement; the balance leaves it alone until the members change again.
  *
  * Every data shard's leader, on its tick, moves its own configuration
  * towards the placement: it adds a missing replica (raft 0.15: as a spare),
@@ -94,6 +96,7 @@ struct members {
 	bool tombstone_inflight;
 	bool place_inflight;  /* a PlaceOp of the planner */
 	uint64_t last_plan_ms;
+
 	bool state_inflight[NODE_MAX_SHARDS]; /* a ShardStateOp proposed here */
 	uint64_t last_report_ms[NODE_MAX_SHARDS];
 	/* The reporter thread; slots[] and stop under mu. */
@@ -831,8 +834,13 @@ static void place(struct node *n, unsigned shard, const uint64_t *ids,
 				 j ? "," : "", ids[j]);
 		used += w > 0 ? (size_t)w : 0;
 	}
-	if (propose_place(n, shard, ids, k, place_cb, n) == 0) {
-		n->members->place_inflight = true;
+	if (propose_place(n, shard, ids, k, place_cb, n) != 0) {
+		return;
+	}
+	n->members->place_inflight = true;
+	if (shard == 0) {
+		LOGI("replica counts are even over members %s", list);
+	} else {
 		LOGI("shard %u: replicas on nodes %s (%s)", shard, list, why);
 	}
 }
@@ -894,6 +902,7 @@ static void plan_placement(struct node *n)
 		p.alive[j] = p.members[j] == n->cfg.id ||
 			     shard_peer_recent(n->shards[0], p.members[j]);
 	}
+
 	size_t rf = n->cfg.replication_factor;
 	if (rf > MAX_IDS) {
 		rf = MAX_IDS;
@@ -950,7 +959,17 @@ static void plan_placement(struct node *n)
 			return;
 		}
 	}
-	/* Balance, one move at a time, once every shard has settled. */
+	/* Balance, one move at a time, once every shard has settled, and
+	 * only for a member set not balanced before: the meta shard's own
+	 * record holds the last one (an operator's shard move stays where
+	 * it was put until the members change). */
+	struct store_shard balanced;
+	shard_record(n, 0, &balanced);
+	if (balanced.placed && p.n_members <= MAX_IDS &&
+	    same_set(balanced.replicas, balanced.n_replicas, p.members,
+		     p.n_members)) {
+		return;
+	}
 	for (unsigned i = 1; i < n->n_shards; i++) {
 		if (!shard_settled(n, i)) {
 			return;
@@ -967,6 +986,9 @@ static void plan_placement(struct node *n)
 		}
 	}
 	if (lo == p.n_members || p.load[hi] < p.load[lo] + 2) {
+		if (p.n_members <= MAX_IDS) {
+			place(n, 0, p.members, p.n_members, "balanced");
+		}
 		return;
 	}
 	uint64_t from = p.members[hi], to = p.members[lo];

@@ -4,8 +4,9 @@
 # leader moved replicas onto the new node by itself), and `raftmq shard
 # move S --from A --to B --wait` moves one replica while producers and
 # consumers run: B becomes a voter of S, A leaves it, the shard keeps
-# three voters. Then A is killed and the history checker finds nothing
-# lost or duplicated. Also: a node that does not replicate a shard still
+# three voters; the balance does not undo it. The replica then moves back
+# to A (which held it before), B is killed, and the history checker finds
+# nothing lost or duplicated. Also: a node that does not replicate a shard still
 # reports its leader (topology from the meta shard's record).
 #
 # Usage: test_shard_move.sh BUILD_BIN_DIR
@@ -93,9 +94,16 @@ print(",".join(map(str, sorted([s for s in d["shards"] if s["id"] == '"$shard"']
 t_log "shard $shard replicas now $reps"
 out=$(rmq shard move "$shard" --from "$from" --to "$to") ||
 	t_fail "asking again failed: $out"
+[[ $out == *"replica moved"* ]] || t_fail "asking again: $out"
 
-t_log "killing node $from"
-t_kill "$from"
+# Back onto the node that held it before (a removed replica, not a demoted
+# one: raft catches its old log up), then the middle node dies.
+t_log "moving shard $shard's replica back from node $to to node $from"
+out=$(rmq shard move "$shard" --from "$to" --to "$from" --wait --timeout 60) ||
+	t_fail "moving back failed: $out"
+t_log "$out"
+t_log "killing node $to"
+t_kill "$to"
 
 wrc=0
 wait "$wl" || wrc=$?
