@@ -41,7 +41,7 @@ static void usage(FILE *f)
 	      "  node add ID [--timeout S]\n"
 	      "  node remove ID [--wait] [--timeout S]\n"
 	      "  shard transfer SHARD --to NODE\n"
-	      "  shard move SHARD --from NODE --to NODE [--wait]\n",
+	      "  shard move SHARD --from NODE --to NODE [--wait] [--timeout S]\n",
 	      f);
 }
 
@@ -941,12 +941,13 @@ static int cmd_node_add(const struct args *a, const char *ids)
 	rmq_close(c, 1000);
 	if (rv != 0) {
 		fprintf(stderr,
-			"raftmq: %s: not a voter of every shard yet; it keeps "
+			"raftmq: %s: not a voter of its shards yet; it keeps "
 			"catching up (see raftmq node list)\n",
 			what);
 		return 1;
 	}
-	printf("node %llu is a member: a voter of every shard\n",
+	printf("node %llu is a member; shard replicas move onto it in "
+	       "the background (raftmq node list)\n",
 	       (unsigned long long)id);
 	return 0;
 }
@@ -1018,18 +1019,45 @@ static int cmd_shard(const struct args *a)
 	if (connect_client(a, &o, &c) != 0) {
 		return 1;
 	}
-	rv = move ? rmq_shard_move(c, (uint32_t)shard, from, to)
+	bool done = false;
+	rv = move ? rmq_shard_move(c, (uint32_t)shard, from, to, &done)
 		  : rmq_shard_transfer(c, (uint32_t)shard, to);
+	if (rv == 0 && move && a->wait) {
+		double deadline = now_s() + timeout_arg(a, 180);
+		while (!done && now_s() < deadline) {
+			usleep(250 * 1000);
+			rv = rmq_shard_move(c, (uint32_t)shard, from, to,
+					    &done);
+			if (rv != 0) {
+				break;
+			}
+		}
+		if (rv == 0 && !done) {
+			rmq_close(c, 1000);
+			fprintf(stderr,
+				"raftmq: %s: node %llu is still catching up "
+				"(see raftmq cluster status)\n",
+				what, (unsigned long long)to);
+			return 1;
+		}
+	}
 	rmq_close(c, 1000);
 	if (rv != 0) {
 		print_error(what, rv);
 		return 1;
 	}
-	if (move) {
+	if (move && done) {
 		printf("shard %llu: replica moved from node %llu to node "
 		       "%llu\n",
 		       (unsigned long long)shard, (unsigned long long)from,
 		       (unsigned long long)to);
+	} else if (move) {
+		printf("shard %llu: moving its replica from node %llu to node "
+		       "%llu; `raftmq shard move %llu --from %llu --to %llu "
+		       "--wait` says when it is done\n",
+		       (unsigned long long)shard, (unsigned long long)from,
+		       (unsigned long long)to, (unsigned long long)shard,
+		       (unsigned long long)from, (unsigned long long)to);
 	} else {
 		printf("shard %llu: node %llu leads it\n",
 		       (unsigned long long)shard, (unsigned long long)to);

@@ -3062,14 +3062,27 @@ RMQ_API int rmq_shard_transfer(struct rmq_client *c, uint32_t shard,
 }
 
 RMQ_API int rmq_shard_move(struct rmq_client *c, uint32_t shard, uint64_t from,
-			   uint64_t to)
+			   uint64_t to, bool *done)
 {
 	Rmq__Request r = RMQ__REQUEST__INIT;
 	Rmq__ShardMoveReq m = RMQ__SHARD_MOVE_REQ__INIT;
+	Rmq__Response *resp = NULL;
+	int rv;
+
 	m.shard = shard;
 	m.from = from;
 	m.to = to;
 	r.body_case = RMQ__REQUEST__BODY_SHARD_MOVE;
 	r.shard_move = &m;
-	return admin_call(c, shard, &r, NULL);
+	/* Placement is the meta shard's business. */
+	rv = admin_call(c, 0, &r, &resp);
+	if (rv != 0) {
+		return rv;
+	}
+	if (done != NULL) {
+		*done = resp->body_case == RMQ__RESPONSE__BODY_SHARD_MOVE &&
+			resp->shard_move != NULL && resp->shard_move->done;
+	}
+	rmq__response__free_unpacked(resp, NULL);
+	return 0;
 }

@@ -126,6 +126,60 @@ static int apply_publish(struct fsm *f, struct store_txn *t,
 	return rv;
 }
 
+/* Copy a list of node ids; RMQ_EINVAL if it is too long. */
+static int copy_ids(uint64_t *dst, unsigned *n, const uint64_t *src,
+		    size_t len)
+{
+	if (len > STORE_SHARD_MAX_IDS) {
+		return RMQ_EINVAL;
+	}
+	for (size_t i = 0; i < len; i++) {
+		dst[i] = src[i];
+	}
+	*n = (unsigned)len;
+	return 0;
+}
+
+static int apply_place(struct store_txn *t, const Rmqc__PlaceOp *op)
+{
+	struct store_shard s;
+	int rv = store_shard_get(t, op->shard, &s);
+	if (rv != 0 && rv != RMQ_ENOTFOUND) {
+		return rv;
+	}
+	if (op->n_replicas == 0) {
+		return RMQ_EINVAL;
+	}
+	rv = copy_ids(s.replicas, &s.n_replicas, op->replicas,
+		      op->n_replicas);
+	if (rv != 0) {
+		return rv;
+	}
+	s.placed = true;
+	return store_shard_put(t, &s);
+}
+
+/* A report older than the one recorded (a lower term) is ignored: it
+ * comes from a deposed leader. */
+static int apply_shard_state(struct store_txn *t, const Rmqc__ShardStateOp *op)
+{
+	struct store_shard s;
+	int rv = store_shard_get(t, op->shard, &s);
+	if (rv != 0 && rv != RMQ_ENOTFOUND) {
+		return rv;
+	}
+	if (op->term < s.term) {
+		return 0;
+	}
+	s.term = op->term;
+	s.leader = op->leader;
+	rv = copy_ids(s.voters, &s.n_voters, op->voters, op->n_voters);
+	if (rv == 0) {
+		rv = copy_ids(s.others, &s.n_others, op->others, op->n_others);
+	}
+	return rv != 0 ? rv : store_shard_put(t, &s);
+}
+
 /* Apply one op. Returns 0 (outcome in @res) or a fatal storage error. */
 static int apply_op(struct fsm *f, struct store_txn *t, const Rmqc__Op *op,
 		    struct fsm_op_result *res, size_t *pub_used)
@@ -182,6 +236,12 @@ static int apply_op(struct fsm *f, struct store_txn *t, const Rmqc__Op *op,
 	case RMQC__OP__KIND_UNDECLARE:
 		rv = store_placement_delete(t, op->undeclare->queue,
 					    f->result.index);
+		break;
+	case RMQC__OP__KIND_PLACE:
+		rv = apply_place(t, op->place);
+		break;
+	case RMQC__OP__KIND_SHARD_STATE:
+		rv = apply_shard_state(t, op->shard_state);
 		break;
 	default:
 		rv = RMQ_EINVAL; /* unknown op from a newer version */

@@ -14,7 +14,7 @@
 #   restart N  start node N again on its data; returns once it accepts clients.
 #   add N      start node N (4..9) on an empty data dir with --join (it
 #              registers as a spare), then `raftmq node add N`: returns once
-#              it is a voter of every shard.
+#              it is a member (replicas then move onto it).
 #   remove N   `raftmq node remove N --wait` (moves its replicas and
 #              leaderships away, works for a dead node too), then stop it.
 #              Its data dir is wiped: a removed node never comes back on its

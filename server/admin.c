@@ -78,7 +78,7 @@ bool admin_ready(struct node *n, char *why, size_t why_len)
 	}
 	/* Every failing shard, so that an operator sees the whole picture. */
 	for (unsigned i = 0; i < n->n_shards; i++) {
-		if (n->shards[i] == NULL ||
+		if (n->shards[i] == NULL || !members_holds(n, i) ||
 		    shard_ok(n, i, reason, sizeof reason)) {
 			continue;
 		}
@@ -427,20 +427,22 @@ static void json_reply(cJSON *doc, struct http_reply *out)
 static cJSON *shard_json(struct node *n, unsigned i)
 {
 	struct shard *s = n->shards[i];
-	uint64_t ids[16];
 	size_t used = 0, size = 0;
 	cJSON *o = cJSON_CreateObject();
 	cJSON *reps = cJSON_CreateArray();
 
-	size_t nr = shard_replicas(s, ids, 16);
-	for (size_t k = 0; k < nr; k++) {
-		cJSON_AddItemToArray(reps, cJSON_CreateNumber((double)ids[k]));
+	struct shard_view v;
+	members_shard_view(n, i, &v);
+	for (size_t k = 0; k < v.n_voters; k++) {
+		cJSON_AddItemToArray(reps,
+				     cJSON_CreateNumber((double)v.voters[k]));
 	}
 	store_usage(shard_store(s), &used, &size);
 	cJSON_AddNumberToObject(o, "id", i);
 	cJSON_AddStringToObject(o, "role", role_names[shard_role(s)]);
-	cJSON_AddNumberToObject(o, "leader", (double)shard_leader_id(s));
-	cJSON_AddNumberToObject(o, "term", (double)shard_term(s));
+	cJSON_AddBoolToObject(o, "replica_here", members_holds(n, i));
+	cJSON_AddNumberToObject(o, "leader", (double)v.leader);
+	cJSON_AddNumberToObject(o, "term", (double)v.term);
 	cJSON_AddNumberToObject(o, "commit_index",
 				(double)shard_commit_index(s));
 	cJSON_AddNumberToObject(o, "applied_index",
@@ -487,8 +489,12 @@ static void render_nodes(struct node *n, struct http_reply *out)
 		cJSON *o = cJSON_CreateObject();
 		cJSON *leads = cJSON_CreateArray();
 		for (unsigned i = 0; i < n->n_shards; i++) {
-			if (n->shards[i] != NULL &&
-			    shard_leader_id(n->shards[i]) == p->id) {
+			struct shard_view v;
+			if (n->shards[i] == NULL) {
+				continue;
+			}
+			members_shard_view(n, i, &v);
+			if (v.leader == p->id) {
 				cJSON_AddItemToArray(leads,
 						     cJSON_CreateNumber(i));
 			}

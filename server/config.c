@@ -20,6 +20,7 @@ void config_defaults(struct config *c)
 	c->ready_max_lag = 100;
 	snprintf(c->cluster_name, sizeof c->cluster_name, "raftmq");
 	c->shards = 3;
+	c->replication_factor = 3;
 	c->max_frame = 16u * 1024 * 1024;
 	c->max_message_size = 8u * 1024 * 1024;
 	c->map_size = (size_t)8192 * 1024 * 1024;
@@ -83,6 +84,9 @@ static int set_key(struct config *c, const char *section, const char *key,
 		COPY(c->initial_cluster, v);
 	} else if (strcmp(key, "shards") == 0 && numeric && n >= 1 && n <= 32) {
 		c->shards = (unsigned)n;
+	} else if (strcmp(key, "replication_factor") == 0 && numeric &&
+		   n >= 1 && n <= 15) {
+		c->replication_factor = (unsigned)n;
 	} else if (strcmp(key, "max_frame") == 0 && numeric && n >= 1024 &&
 		   n <= 1u << 30) {
 		c->max_frame = (uint32_t)n;

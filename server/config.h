@@ -31,6 +31,7 @@ struct config {
 	struct config_member members[CONFIG_MAX_MEMBERS];
 	size_t n_members;
 	unsigned shards; /* data shards */
+	unsigned replication_factor; /* voters per data shard */
 	char join[1024]; /* client addresses of existing nodes: join them */
 	/* [limits] */
 	uint32_t max_frame;

@@ -13,7 +13,9 @@
  * address is tried, passes repeat for up to two minutes; a refusal (an id
  * that is still a member, another cluster name) ends the join at once.
  *
- * Blocking sockets: this runs on the main thread before anything else. */
+ * Blocking sockets: this runs on the main thread before anything else.
+ * node_rpc() is the same exchange for any request; the reporter thread of
+ * members.c uses it too. */
 #include "server.h"
 
 #include <errno.h>
@@ -63,14 +65,11 @@ static int recv_all(int fd, uint8_t *p, size_t n)
 	return 0;
 }
 
-/* One JoinReq to @addr. On 0, *resp (owned by the caller) is the answer. */
-static int join_once(const struct config *cfg, const char *addr,
-		     Rmq__Response **resp)
+int node_rpc(const char *addr, const Rmq__Request *req, unsigned timeout_s,
+	     Rmq__Response **resp)
 {
 	struct sockaddr_storage sa;
-	struct timeval tv = {.tv_sec = JOIN_IO_TIMEOUT_S};
-	Rmq__Request req = RMQ__REQUEST__INIT;
-	Rmq__JoinReq j = RMQ__JOIN_REQ__INIT;
+	struct timeval tv = {.tv_sec = timeout_s};
 	Rmq__ServerFrame *f = NULL;
 	uint8_t hdr[RMQ_FRAME_HEADER];
 	uint8_t *buf = NULL;
@@ -80,7 +79,7 @@ static int join_once(const struct config *cfg, const char *addr,
 	if (peer_net_parse_address(addr, &sa) != 0) {
 		return RMQ_EINVAL;
 	}
-	fd = socket(sa.ss_family, SOCK_STREAM, 0);
+	fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		return RMQ_EIO;
 	}
@@ -93,15 +92,7 @@ static int join_once(const struct config *cfg, const char *addr,
 		rv = RMQ_ECONNECT;
 		goto out;
 	}
-	j.node_id = cfg->id;
-	j.cluster_name = (char *)cfg->cluster_name;
-	j.peer_address = (char *)cfg->peer_address;
-	j.client_address = (char *)cfg->client_address;
-	j.http_address = (char *)cfg->http_address;
-	req.id = 1;
-	req.body_case = RMQ__REQUEST__BODY_JOIN;
-	req.join = &j;
-	rv = codec_pack_request(&req, &buf, &len);
+	rv = codec_pack_request(req, &buf, &len);
 	if (rv != 0) {
 		goto out;
 	}
@@ -144,6 +135,24 @@ out:
 	free(buf);
 	close(fd);
 	return rv;
+}
+
+/* One JoinReq to @addr. On 0, *resp (owned by the caller) is the answer. */
+static int join_once(const struct config *cfg, const char *addr,
+		     Rmq__Response **resp)
+{
+	Rmq__Request req = RMQ__REQUEST__INIT;
+	Rmq__JoinReq j = RMQ__JOIN_REQ__INIT;
+
+	j.node_id = cfg->id;
+	j.cluster_name = (char *)cfg->cluster_name;
+	j.peer_address = (char *)cfg->peer_address;
+	j.client_address = (char *)cfg->client_address;
+	j.http_address = (char *)cfg->http_address;
+	req.id = 1;
+	req.body_case = RMQ__REQUEST__BODY_JOIN;
+	req.join = &j;
+	return node_rpc(addr, &req, JOIN_IO_TIMEOUT_S, resp);
 }
 
 int join_cluster(const struct config *cfg, uint64_t *cluster_id,

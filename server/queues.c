@@ -186,7 +186,9 @@ static void reply_not_leader(struct node *n, struct conn *c, uint64_t id,
 	Rmq__Response r = RMQ__RESPONSE__INIT;
 	Rmq__Error e = RMQ__ERROR__INIT;
 	char msg[96];
-	uint64_t leader = shard_leader_id(n->shards[shard]);
+	struct shard_view v;
+	members_shard_view(n, shard, &v);
+	uint64_t leader = v.leader != n->cfg.id ? v.leader : 0;
 	snprintf(msg, sizeof msg, "node %" PRIu64 " does not lead shard %u",
 		 n->cfg.id, shard);
 	e.code = RMQ__CODE__NOT_LEADER;
@@ -1412,7 +1414,9 @@ static void fill_queue_info(struct node *n, const struct queue *q,
 	rmq__queue_options__init(o);
 	qi->name = (char *)q->name;
 	qi->shard = q->shard;
-	qi->leader = shard_leader_id(n->shards[q->shard]);
+	struct shard_view v;
+	members_shard_view(n, q->shard, &v);
+	qi->leader = v.leader;
 	qi->total = q->count;
 	uint64_t unacked = q->active ? q->inflight.n : 0;
 	qi->unacked = unacked < q->count ? unacked : q->count;
@@ -1473,13 +1477,16 @@ static void handle_list(struct node *n, struct conn *c, uint64_t id,
 	}
 	for (unsigned i = 0; i < n->n_shards; i++) {
 		struct shard *s = n->shards[i];
+		struct shard_view v;
+		members_shard_view(n, i, &v);
 		rmq__shard_info__init(&si[i]);
 		si[i].id = i;
-		si[i].leader = shard_leader_id(s);
-		si[i].term = shard_term(s);
+		si[i].leader = v.leader;
+		si[i].term = v.term;
 		si[i].commit_index = shard_commit_index(s);
 		si[i].applied_index = shard_applied_index(s);
-		si[i].n_replicas = shard_replicas(s, replicas[i], 16);
+		memcpy(replicas[i], v.voters, v.n_voters * sizeof v.voters[0]);
+		si[i].n_replicas = v.n_voters;
 		si[i].replicas = replicas[i];
 		sip[i] = &si[i];
 	}

@@ -180,10 +180,12 @@ struct node {
 
 /* ---- members.c: membership, shard replicas and leader balance ------------
  *
- * Members are the servers of the meta shard's Raft configuration; every
- * member replicates every shard. Each shard's leader moves its own
- * configuration towards the meta shard's (add joining nodes, then promote
- * them, then remove leaving ones), and leaders are spread evenly. */
+ * Members are the servers of the meta shard's Raft configuration; each
+ * data shard has a replica set among them (replication_factor voters),
+ * chosen by the meta leader and recorded in the meta shard. Each shard's
+ * leader moves its own configuration towards it (add, then promote, then
+ * remove) and reports the result to the meta shard, and leaders are spread
+ * evenly. */
 int members_init(struct node *n);
 void members_close(struct node *n);
 /* Periodic work (every tick). */
@@ -194,12 +196,30 @@ bool members_request(struct node *n, struct conn *c, const Rmq__Request *req);
 /* A NodeOp was applied on the meta shard. */
 void members_node_applied(struct node *n, uint64_t id, bool removed);
 
+/* What this node knows of data shard @i (or the meta shard, @i = 0): its
+ * own replica's view when it is a member of the shard and not behind the
+ * meta shard's record, else the record its leader last reported. */
+struct shard_view {
+	uint64_t leader; /* 0 if unknown */
+	uint64_t term;
+	bool local; /* from this node's replica */
+	size_t n_voters;
+	uint64_t voters[16];
+};
+void members_shard_view(struct node *n, unsigned i, struct shard_view *v);
+/* Whether this node has (or is getting) a replica of shard @i. */
+bool members_holds(struct node *n, unsigned i);
+
 /* ---- join.c ------------------------------------------------------------ */
 
 /* Register node cfg->id with the cluster reached through cfg->join (see
  * join.c). Blocking; called before the loop runs. */
 int join_cluster(const struct config *cfg, uint64_t *cluster_id,
 		 unsigned *shards);
+/* Send @req to the client port at @addr and read one response (*resp,
+ * owned by the caller, on 0). Blocking, with @timeout_s per read/write. */
+int node_rpc(const char *addr, const Rmq__Request *req, unsigned timeout_s,
+	     Rmq__Response **resp);
 
 int node_run(const struct config *cfg);
 struct peer_info *node_peer(struct node *n, uint64_t id, bool create);

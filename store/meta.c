@@ -268,3 +268,103 @@ int store_placement_foreach(struct store_txn *t, store_placement_cb cb,
 	return store_walk(t->txn, t->s->dbi[STORE_DB_PLACEMENT],
 			  placement_visit, &w);
 }
+
+/* ---- Data shards ------------------------------------------------------ */
+
+/* Shard record: u8 flags (bit 0: placed) ‖ u8 n_replicas ‖ u8 n_voters ‖
+ * u8 n_others ‖ u64 term ‖ u64 leader ‖ the three id lists, u64 each. */
+#define SHARD_REC_FIXED 20
+#define SHARD_REC_MAX (SHARD_REC_FIXED + 3 * 8 * STORE_SHARD_MAX_IDS)
+
+int store_shard_decode(const MDB_val *k, const MDB_val *v,
+		       struct store_shard *s)
+{
+	const uint8_t *b = v->mv_data;
+	size_t ids;
+
+	if (k->mv_size != 4 || v->mv_size < SHARD_REC_FIXED) {
+		return RMQ_ECORRUPT;
+	}
+	memset(s, 0, sizeof *s);
+	s->shard = store_get_be32(k->mv_data);
+	if (b[0] > 1 || b[1] > STORE_SHARD_MAX_IDS ||
+	    b[2] > STORE_SHARD_MAX_IDS || b[3] > STORE_SHARD_MAX_IDS) {
+		return RMQ_ECORRUPT;
+	}
+	s->placed = b[0] == 1;
+	s->n_replicas = b[1];
+	s->n_voters = b[2];
+	s->n_others = b[3];
+	ids = (size_t)s->n_replicas + s->n_voters + s->n_others;
+	if (v->mv_size != SHARD_REC_FIXED + 8 * ids) {
+		return RMQ_ECORRUPT;
+	}
+	s->term = store_get_be64(b + 4);
+	s->leader = store_get_be64(b + 12);
+	b += SHARD_REC_FIXED;
+	for (unsigned i = 0; i < s->n_replicas; i++, b += 8) {
+		s->replicas[i] = store_get_be64(b);
+	}
+	for (unsigned i = 0; i < s->n_voters; i++, b += 8) {
+		s->voters[i] = store_get_be64(b);
+	}
+	for (unsigned i = 0; i < s->n_others; i++, b += 8) {
+		s->others[i] = store_get_be64(b);
+	}
+	return 0;
+}
+
+int store_shard_get(struct store_txn *t, uint32_t shard, struct store_shard *s)
+{
+	uint8_t kb[4];
+	MDB_val k = {sizeof kb, kb};
+	MDB_val v;
+	int rv;
+
+	store_put_be32(kb, shard);
+	rv = mdb_get(t->txn, t->s->dbi[STORE_DB_SHARDS], &k, &v);
+	if (rv != 0) {
+		memset(s, 0, sizeof *s);
+		s->shard = shard;
+		return store_err_from_mdb(rv);
+	}
+	return store_shard_decode(&k, &v, s);
+}
+
+int store_shard_put(struct store_txn *t, const struct store_shard *s)
+{
+	uint8_t kb[4];
+	uint8_t vb[SHARD_REC_MAX];
+	uint8_t *p = vb + SHARD_REC_FIXED;
+	MDB_val k = {sizeof kb, kb};
+	MDB_val v;
+
+	if (!t->write) {
+		return RMQ_EINVAL;
+	}
+	if (s->n_replicas > STORE_SHARD_MAX_IDS ||
+	    s->n_voters > STORE_SHARD_MAX_IDS ||
+	    s->n_others > STORE_SHARD_MAX_IDS) {
+		return RMQ_EINVAL;
+	}
+	vb[0] = s->placed ? 1 : 0;
+	vb[1] = (uint8_t)s->n_replicas;
+	vb[2] = (uint8_t)s->n_voters;
+	vb[3] = (uint8_t)s->n_others;
+	store_put_be64(vb + 4, s->term);
+	store_put_be64(vb + 12, s->leader);
+	for (unsigned i = 0; i < s->n_replicas; i++, p += 8) {
+		store_put_be64(p, s->replicas[i]);
+	}
+	for (unsigned i = 0; i < s->n_voters; i++, p += 8) {
+		store_put_be64(p, s->voters[i]);
+	}
+	for (unsigned i = 0; i < s->n_others; i++, p += 8) {
+		store_put_be64(p, s->others[i]);
+	}
+	store_put_be32(kb, s->shard);
+	v.mv_size = (size_t)(p - vb);
+	v.mv_data = vb;
+	return store_err_from_mdb(
+		mdb_put(t->txn, t->s->dbi[STORE_DB_SHARDS], &k, &v, 0));
+}

@@ -15,6 +15,7 @@ static const char *const db_names[STORE_DB_COUNT] = {
 	[STORE_DB_INFO] = "info",   [STORE_DB_QUEUES] = "queues",
 	[STORE_DB_MSGS] = "msgs",   [STORE_DB_DEDUP] = "dedup",
 	[STORE_DB_NODES] = "nodes", [STORE_DB_PLACEMENT] = "placement",
+	[STORE_DB_SHARDS] = "shards",
 };
 
 int store_err_from_mdb(int rv)
@@ -183,6 +184,7 @@ int store_record_check(enum store_db db, const MDB_val *k, const MDB_val *v)
 	struct store_queue q;
 	struct store_placement p;
 	struct store_node n;
+	struct store_shard sh;
 	const uint8_t *kb = k->mv_data;
 	size_t plen;
 
@@ -214,6 +216,8 @@ int store_record_check(enum store_db db, const MDB_val *k, const MDB_val *v)
 			return RMQ_ECORRUPT;
 		}
 		return store_placement_decode(v, &p);
+	case STORE_DB_SHARDS:
+		return store_shard_decode(k, v, &sh);
 	default:
 		return RMQ_ECORRUPT;
 	}

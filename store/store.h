@@ -193,6 +193,29 @@ typedef int (*store_placement_cb)(void *arg, const char *name,
 int store_placement_foreach(struct store_txn *t, store_placement_cb cb,
 			    void *arg);
 
+/* What the meta shard knows of data shard @shard: the replica set it
+ * should have (@replicas, once placed) and the Raft configuration its
+ * leader last reported (@term, @leader, @voters, @others: standbys and
+ * spares). */
+#define STORE_SHARD_MAX_IDS 16
+struct store_shard {
+	uint32_t shard;
+	bool placed;
+	unsigned n_replicas;
+	uint64_t replicas[STORE_SHARD_MAX_IDS];
+	uint64_t term;
+	uint64_t leader;
+	unsigned n_voters;
+	uint64_t voters[STORE_SHARD_MAX_IDS];
+	unsigned n_others;
+	uint64_t others[STORE_SHARD_MAX_IDS];
+};
+
+/* RMQ_ENOTFOUND (and *s zeroed but for the shard id) if nothing is known. */
+int store_shard_get(struct store_txn *t, uint32_t shard, struct store_shard *s);
+/* RMQ_EINVAL if a list is longer than STORE_SHARD_MAX_IDS. */
+int store_shard_put(struct store_txn *t, const struct store_shard *s);
+
 /* ---- Snapshots -------------------------------------------------------- */
 
 /* Serialize every database into one malloc'd buffer (owned by the caller).

@@ -24,6 +24,7 @@ enum store_db {
 	STORE_DB_DEDUP, /* qid u32 ‖ u16 len ‖ producer_id ‖ pseq u64 → seq u64 */
 	STORE_DB_NODES, /* id u64 → node record */
 	STORE_DB_PLACEMENT, /* name → placement record (STORE_PLACEMENT_REC_LEN) */
+	STORE_DB_SHARDS, /* shard u32 → shard record (replica set, state) */
 	STORE_DB_COUNT,
 };
 
@@ -76,6 +77,8 @@ int store_queue_decode(const MDB_val *v, struct store_queue *q);
 void store_placement_encode(const struct store_placement *p, uint8_t *buf);
 int store_placement_decode(const MDB_val *v, struct store_placement *p);
 int store_node_decode(const MDB_val *k, const MDB_val *v, struct store_node *n);
+int store_shard_decode(const MDB_val *k, const MDB_val *v,
+		       struct store_shard *s);
 
 /* Checks that a (key, value) pair is well formed for database @db; used
  * to validate a snapshot before anything is written. */

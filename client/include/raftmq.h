@@ -149,8 +149,9 @@ struct rmq_member {
 RMQ_API int rmq_node_list(struct rmq_client *c, struct rmq_member **out,
 			  size_t *n);
 /* Make registered spare @id a member: returns once the meta shard has
- * added it; it is a voter of every shard once rmq_node_list() says
- * "voter". RMQ_EEXISTS if it already is, RMQ_ENOTFOUND if it has not
+ * added it; it is a voter of the meta shard and of every data shard placed
+ * on it once rmq_node_list() says "voter" (replicas keep moving onto it
+ * for balance afterwards). RMQ_EEXISTS if it already is, RMQ_ENOTFOUND if it has not
  * registered (started with --join). */
 RMQ_API int rmq_node_add(struct rmq_client *c, uint64_t id);
 /* Start removing @id (alive or dead): returns once it is marked leaving;
@@ -160,10 +161,14 @@ RMQ_API int rmq_node_remove(struct rmq_client *c, uint64_t id);
  * the old leader stepped down (RMQ_EUNAVAIL if @to did not take over). */
 RMQ_API int rmq_shard_transfer(struct rmq_client *c, uint32_t shard,
 			       uint64_t to);
-/* Move the replica of @shard from node @from to node @to. Not supported
- * while every member replicates every shard: the server says why. */
+/* Move data shard @shard's replica from node @from to node @to (a
+ * member): the meta shard records the new replica set, and the shard's
+ * leader adds @to, catches it up, makes it a voter, then removes @from.
+ * Returns once the new replica set is recorded; *done (may be NULL) says
+ * whether the shard's voters are already that set. Asking again with the
+ * same arguments is safe and refreshes *done. */
 RMQ_API int rmq_shard_move(struct rmq_client *c, uint32_t shard, uint64_t from,
-			   uint64_t to);
+			   uint64_t to, bool *done);
 
 /* ---- Publishing --------------------------------------------------------- */
 

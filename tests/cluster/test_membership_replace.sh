@@ -4,7 +4,8 @@
 # i.e. `raftmq node remove 3 --wait` on a dead node) and adds node 5. The
 # cluster is back to three voters per shard (1, 2, 5), node 5 holds the
 # data, and every confirmed message is consumed exactly once. Also checks
-# the refusals (node add of a member, of an unregistered node, shard move)
+# the refusals (node add of a member, of an unregistered node, bad shard
+# moves)
 # and shard transfer to the new node.
 #
 # Usage: test_membership_replace.sh BUILD_BIN_DIR
@@ -26,8 +27,12 @@ t_log "before: $(t_last_line "$RAFTMQ_DIR/pub1.out")"
 t_expect_fail "node add of a member" "already a member" rmq node add 2
 t_expect_fail "node add of an unregistered node" "has not registered" \
 	rmq node add 7
-t_expect_fail "shard move" "not supported" \
+t_expect_fail "shard move onto a replica" "already holds a replica" \
 	rmq shard move 1 --from 1 --to 2
+t_expect_fail "shard move to a stranger" "not a member" \
+	rmq shard move 1 --from 1 --to 7
+t_expect_fail "shard move of the meta shard" "no data shard" \
+	rmq shard move 0 --from 1 --to 2
 
 t_log "destroying node 3 (SIGKILL, data dir deleted)"
 t_kill 3
@@ -74,7 +79,9 @@ import json, sys
 print(" ".join("%d:%s" % (s["id"], s.get("leader")) for s in json.load(sys.stdin)["shards"]))
 ')
 t_log "after the transfers: shard:leader $leaders"
-[[ " $leaders " == *" 1:5 "* ]] || t_fail "node 5 does not lead shard 1"
+# The leader balance may hand some back (node 5 led all three data
+# shards), but not all of them.
+[[ " $leaders " =~ \ [123]:5\  ]] || t_fail "node 5 leads no data shard"
 
 # Node 5 holds the data: the old nodes may fail now, one at a time.
 rmq publish mq --count "$N2" --size 256 --window 500 --prefix S \

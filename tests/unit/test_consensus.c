@@ -352,6 +352,90 @@ static void apply_publish_unknown_queue_is_business_error(void **state)
 	replica_close(&r);
 }
 
+static struct raft_buffer state_cmd(uint32_t shard, uint64_t term,
+				    uint64_t leader, const uint64_t *voters,
+				    size_t n)
+{
+	Rmqc__Command cmd = RMQC__COMMAND__INIT;
+	Rmqc__Op op = RMQC__OP__INIT;
+	Rmqc__Op *opp = &op;
+	Rmqc__ShardStateOp so = RMQC__SHARD_STATE_OP__INIT;
+	struct raft_buffer buf;
+	so.shard = shard;
+	so.term = term;
+	so.leader = leader;
+	so.voters = (uint64_t *)voters;
+	so.n_voters = n;
+	op.kind_case = RMQC__OP__KIND_SHARD_STATE;
+	op.shard_state = &so;
+	cmd.ops = &opp;
+	cmd.n_ops = 1;
+	assert_int_equal(fsm_encode(&cmd, &buf.base, &buf.len), 0);
+	return buf;
+}
+
+static struct raft_buffer place_cmd(uint32_t shard, const uint64_t *ids,
+				    size_t n)
+{
+	Rmqc__Command cmd = RMQC__COMMAND__INIT;
+	Rmqc__Op op = RMQC__OP__INIT;
+	Rmqc__Op *opp = &op;
+	Rmqc__PlaceOp po = RMQC__PLACE_OP__INIT;
+	struct raft_buffer buf;
+	po.shard = shard;
+	po.replicas = (uint64_t *)ids;
+	po.n_replicas = n;
+	op.kind_case = RMQC__OP__KIND_PLACE;
+	op.place = &po;
+	cmd.ops = &opp;
+	cmd.n_ops = 1;
+	assert_int_equal(fsm_encode(&cmd, &buf.base, &buf.len), 0);
+	return buf;
+}
+
+/* The meta shard keeps a data shard's placement and the configuration its
+ * leader reported; a report of an earlier term (a deposed leader's, applied
+ * late) does not overwrite a later one, and neither touches the
+ * placement. */
+static void apply_shard_records(void **state)
+{
+	(void)state;
+	struct replica r;
+	const struct fsm_result *res;
+	uint64_t place[] = {1, 2, 4}, v5[] = {1, 2, 3}, v4[] = {1, 2};
+	struct raft_buffer p = place_cmd(2, place, 3);
+	struct raft_buffer s5 = state_cmd(2, 5, 3, v5, 3);
+	struct raft_buffer s4 = state_cmd(2, 4, 1, v4, 2);
+	struct raft_buffer empty = place_cmd(2, NULL, 0);
+	struct store_txn *t;
+	struct store_shard sh;
+
+	replica_open(&r);
+	assert_int_equal(fsm_apply(r.fsm, 1, p.base, p.len, &res), 0);
+	assert_int_equal(res->ops[0].status, 0);
+	assert_int_equal(fsm_apply(r.fsm, 2, s5.base, s5.len, &res), 0);
+	assert_int_equal(fsm_apply(r.fsm, 3, s4.base, s4.len, &res), 0);
+	assert_int_equal(res->ops[0].status, 0);
+	/* An empty replica set is refused, as a business outcome. */
+	assert_int_equal(fsm_apply(r.fsm, 4, empty.base, empty.len, &res), 0);
+	assert_int_equal(res->ops[0].status, RMQ_EINVAL);
+	assert_int_equal(store_begin(r.store, false, &t), 0);
+	assert_int_equal(store_shard_get(t, 2, &sh), 0);
+	store_abort(t);
+	assert_true(sh.placed);
+	assert_int_equal(sh.n_replicas, 3);
+	assert_int_equal(sh.replicas[2], 4);
+	assert_int_equal(sh.term, 5);
+	assert_int_equal(sh.leader, 3);
+	assert_int_equal(sh.n_voters, 3);
+	assert_int_equal(sh.voters[2], 3);
+	raft_free(p.base);
+	raft_free(s5.base);
+	raft_free(s4.base);
+	raft_free(empty.base);
+	replica_close(&r);
+}
+
 /* ---- a real raft_uv log across a restart -------------------------------- */
 
 struct uvrun {
@@ -536,6 +620,7 @@ int main(void)
 			teardown),
 		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
 		cmocka_unit_test(apply_publish_unknown_queue_is_business_error),
+		cmocka_unit_test(apply_shard_records),
 		cmocka_unit_test(uv_restart_rebuilds_state_from_log),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -929,12 +929,52 @@ static void nodes_put_get_foreach(void **state)
 	store_abort(t);
 }
 
+static void shard_records_round_trip(void **state)
+{
+	struct env *e = *state;
+	struct store_shard r = {.shard = 2, .placed = true, .n_replicas = 3,
+				.replicas = {4, 2, 3}, .term = 7, .leader = 4,
+				.n_voters = 2, .voters = {2, 3},
+				.n_others = 1, .others = {4}};
+	struct store_shard got;
+	struct store_txn *t;
+
+	t = wbegin(e->s);
+	assert_int_equal(store_shard_put(t, &r), 0);
+	r.shard = 3;
+	r.n_voters = STORE_SHARD_MAX_IDS + 1;
+	assert_int_equal(store_shard_put(t, &r), RMQ_EINVAL);
+	assert_int_equal(store_commit(t), 0);
+
+	t = rbegin(e->s);
+	assert_int_equal(store_shard_get(t, 2, &got), 0);
+	assert_int_equal(got.shard, 2);
+	assert_true(got.placed);
+	assert_int_equal(got.n_replicas, 3);
+	assert_int_equal(got.replicas[0], 4);
+	assert_int_equal(got.replicas[2], 3);
+	assert_int_equal(got.term, 7);
+	assert_int_equal(got.leader, 4);
+	assert_int_equal(got.n_voters, 2);
+	assert_int_equal(got.voters[1], 3);
+	assert_int_equal(got.n_others, 1);
+	assert_int_equal(got.others[0], 4);
+	/* Unknown: ENOTFOUND, zeroed but for the shard id. */
+	assert_int_equal(store_shard_get(t, 3, &got), RMQ_ENOTFOUND);
+	assert_int_equal(got.shard, 3);
+	assert_false(got.placed);
+	assert_int_equal(got.n_voters + got.n_replicas + got.term, 0);
+	store_abort(t);
+}
+
 /* ---- Snapshots ------------------------------------------------------- */
 
 /* Fills @s with a bit of everything. */
 static void populate(struct store *s)
 {
 	struct store_node n = {.id = 1, .peer_address = "a:1"};
+	struct store_shard sh = {.shard = 1, .placed = true, .n_replicas = 1,
+				 .replicas = {9}};
 	struct store_placement p;
 	struct store_txn *t;
 	uint64_t seq = 2;
@@ -950,6 +990,7 @@ static void populate(struct store *s)
 	t = wbegin(s);
 	assert_int_equal(store_remove(t, "alpha", &seq, 1, 3), 0);
 	assert_int_equal(store_node_put(t, &n), 0);
+	assert_int_equal(store_shard_put(t, &sh), 0);
 	assert_int_equal(store_placement_declare(t, "alpha", 100, 0, 2, 1, &p,
 						 &created),
 			 0);
@@ -1001,6 +1042,10 @@ snapshot_restore_into_second_store_gives_identical_content(void **state)
 	assert_string_equal(n.peer_address, "a:1");
 	assert_int_equal(store_placement_get(t, "alpha", &p), 0);
 	assert_int_equal(p.max_length, 100);
+	struct store_shard sh;
+	assert_int_equal(store_shard_get(t, 1, &sh), 0);
+	assert_int_equal(sh.n_replicas, 1);
+	assert_int_equal(sh.replicas[0], 9);
 	store_abort(t);
 	/* The restored dedup window still works, and so does the qid
 	 * counter. */
@@ -1237,6 +1282,7 @@ int main(void)
 		T(placement_declare_spreads_across_shards_and_is_idempotent),
 		T(placement_foreach_visits_every_queue),
 		T(nodes_put_get_foreach),
+		T(shard_records_round_trip),
 		T(snapshot_restore_into_second_store_gives_identical_content),
 		T(snapshot_over_max_bytes_returns_etoolarge),
 		T(restore_corrupted_buffer_returns_ecorrupt_and_changes_nothing),
