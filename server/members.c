@@ -496,6 +496,16 @@ static uint64_t pick_leader(struct node *n, struct shard *s,
 
 /* ---- shard reconciliation (leader side) ------------------------------------ */
 
+/* Propose the one meta shard op @op. @cb/@data as for shard_propose. */
+static int propose_meta_op(struct node *n, Rmqc__Op *op, shard_apply_cb cb,
+			   void *data)
+{
+	Rmqc__Command cmd = RMQC__COMMAND__INIT;
+	cmd.ops = &op;
+	cmd.n_ops = 1;
+	return shard_propose(n->shards[0], &cmd, cb, data);
+}
+
 /* The peer address the meta shard's configuration has for @id. */
 static bool meta_address(struct node *n, uint64_t id, char *out, size_t len)
 {
@@ -614,9 +624,7 @@ static int propose_state(struct node *n, unsigned shard,
 			 const struct report *rep, shard_apply_cb cb,
 			 void *data)
 {
-	Rmqc__Command cmd = RMQC__COMMAND__INIT;
 	Rmqc__Op op = RMQC__OP__INIT;
-	Rmqc__Op *opp = &op;
 	Rmqc__ShardStateOp so = RMQC__SHARD_STATE_OP__INIT;
 	so.shard = shard;
 	so.term = rep->term;
@@ -627,9 +635,7 @@ static int propose_state(struct node *n, unsigned shard,
 	so.others = (uint64_t *)rep->others;
 	op.kind_case = RMQC__OP__KIND_SHARD_STATE;
 	op.shard_state = &so;
-	cmd.ops = &opp;
-	cmd.n_ops = 1;
-	return shard_propose(n->shards[0], &cmd, cb, data);
+	return propose_meta_op(n, &op, cb, data);
 }
 
 /* On the leader of data shard @i: if the meta shard's record of it is not
@@ -713,16 +719,12 @@ static void tombstone_cb(void *data, int status, const struct fsm_result *r)
 static int propose_tombstone(struct node *n, uint64_t id, shard_apply_cb cb,
 			     void *data)
 {
-	Rmqc__Command cmd = RMQC__COMMAND__INIT;
 	Rmqc__Op op = RMQC__OP__INIT;
-	Rmqc__Op *opp = &op;
 	Rmqc__NodeOp no = RMQC__NODE_OP__INIT;
 	no.id = id;
 	op.kind_case = RMQC__OP__KIND_NODE;
 	op.node = &no;
-	cmd.ops = &opp;
-	cmd.n_ops = 1;
-	return shard_propose(n->shards[0], &cmd, cb, data);
+	return propose_meta_op(n, &op, cb, data);
 }
 
 /* On the meta leader: promote joining nodes, finish removals. */
@@ -810,18 +812,14 @@ static void place_cb(void *data, int status, const struct fsm_result *r)
 static int propose_place(struct node *n, unsigned shard, const uint64_t *ids,
 			 size_t k, shard_apply_cb cb, void *data)
 {
-	Rmqc__Command cmd = RMQC__COMMAND__INIT;
 	Rmqc__Op op = RMQC__OP__INIT;
-	Rmqc__Op *opp = &op;
 	Rmqc__PlaceOp po = RMQC__PLACE_OP__INIT;
 	po.shard = shard;
 	po.n_replicas = k;
 	po.replicas = (uint64_t *)ids;
 	op.kind_case = RMQC__OP__KIND_PLACE;
 	op.place = &po;
-	cmd.ops = &opp;
-	cmd.n_ops = 1;
-	return shard_propose(n->shards[0], &cmd, cb, data);
+	return propose_meta_op(n, &op, cb, data);
 }
 
 static void place(struct node *n, unsigned shard, const uint64_t *ids,
@@ -1305,9 +1303,7 @@ static void handle_join(struct node *n, struct conn *c, const Rmq__Request *req)
 		conn_send_error(c, req->id, RMQ_EEXISTS, msg);
 		return;
 	}
-	Rmqc__Command cmd = RMQC__COMMAND__INIT;
 	Rmqc__Op op = RMQC__OP__INIT;
-	Rmqc__Op *opp = &op;
 	Rmqc__NodeOp no = RMQC__NODE_OP__INIT;
 	no.id = j->node_id;
 	no.peer_address = j->peer_address;
@@ -1315,8 +1311,6 @@ static void handle_join(struct node *n, struct conn *c, const Rmq__Request *req)
 	no.http_address = j->http_address;
 	op.kind_case = RMQC__OP__KIND_NODE;
 	op.node = &no;
-	cmd.ops = &opp;
-	cmd.n_ops = 1;
 	struct admin_req *a = admin_new(n, c, req, j->node_id, 0);
 	if (a == NULL) {
 		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
@@ -1324,7 +1318,7 @@ static void handle_join(struct node *n, struct conn *c, const Rmq__Request *req)
 	}
 	LOGI("node %" PRIu64 " (peer %s, client %s) registers as a spare",
 	     j->node_id, j->peer_address, j->client_address);
-	admin_started(a, shard_propose(n->shards[0], &cmd, admin_apply_cb, a));
+	admin_started(a, propose_meta_op(n, &op, admin_apply_cb, a));
 }
 
 static void handle_node_list(struct node *n, struct conn *c, uint64_t id)
