@@ -24,8 +24,9 @@
 #
 # Prints the checker's summary as its last line:
 #   lost=<n> phantom=<n> dup=<n> reordered=<n> confirmed=<n> availability=<x>
-# Exit status: 0 clean; 1 a violation, a node that died on its own, or a
-# cluster that did not recover; 2 usage or setup error. The run dir
+# Exit status: 0 clean; 1 a violation, a node that died on its own, a
+# cluster that did not recover, or a nemesis whose background work did not
+# finish; 2 usage or setup error. The run dir
 # (history.jsonl, nemesis.jsonl, schedule.txt, node logs and data) is
 # removed on success unless --keep, kept and printed otherwise. Every
 # process is stopped by pid and the nftables table removed on exit.
@@ -106,6 +107,7 @@ CHAOS_DIR=$(cd "$results" && pwd)/$(date -u +%Y%m%dT%H%M%SZ)-seed$seed-${nemesis
 CHAOS_DIR=${CHAOS_DIR%-}
 mkdir -p "$CHAOS_DIR"
 : >"$CHAOS_DIR/nemesis.jsonl"
+printf '%s member\n' "${CHAOS_INITIAL_NODES[@]}" >"$CHAOS_DIR/members"
 export CHAOS_DIR CHAOS_BIN CHAOS_PORT_BASE
 export CHAOS_EXTRA_CONFIG=${CHAOS_EXTRA_CONFIG:-}
 export CHAOS_PROXY=0
@@ -119,6 +121,7 @@ cleanup() {
 	local rc=$? n
 	trap - EXIT INT TERM
 	for n in ${nemeses[@]+"${nemeses[@]}"}; do
+		"$HERE/nemesis/$n.sh" abort >/dev/null 2>&1 || true
 		"$HERE/nemesis/$n.sh" heal >/dev/null 2>&1 || true
 	done
 	nft_remove_table
@@ -154,8 +157,9 @@ if has_nemesis delay; then
 	sleep 0.5
 fi
 if has_nemesis disk; then
-	# Every node runs under libfiu; the nemesis turns failures on by pid.
-	for n in "${CHAOS_NODES[@]}"; do : >"$CHAOS_DIR/node$n.fiu"; done
+	# Every node runs under libfiu (the ones added later too); the
+	# nemesis turns failures on by pid.
+	export CHAOS_FIU=1
 fi
 if has_nemesis diskfull; then
 	# Node 3's data dir is a small ext4 file system of its own.
@@ -219,6 +223,31 @@ workload_pid=$!
 t_start=$(date +%s.%N)
 NEM_RANDOM_BASE=$seed
 
+# check_down N NEMESIS (under members_locked): node N was found not
+# running after NEMESIS healed; unless it has been removed from the
+# cluster meanwhile, that is a finding (but see the fail-stop below), and
+# it is restarted.
+check_down() {
+	local n=$1 name=$2 last_exit
+	[[ $(node_state "$n") != removed ]] || return 0
+	[[ -z $(node_pid "$n") ]] || return 0
+	# Under disk faults a node that cannot apply, or whose disk is
+	# nearly full (min_free_disk_mb), stops itself (exit 1, "exiting so
+	# that the other replicas take over"): that fail-stop is the designed
+	# behaviour, not a finding.
+	last_exit=$(grep -a '^==== chaos: raftmqd exited' \
+		"$CHAOS_DIR/node$n.log" | tail -n 1)
+	if [[ $name == disk* && $last_exit == *"status 1 "* ]] &&
+		grep -aq 'exiting so that the other replicas take over' \
+			"$CHAOS_DIR/node$n.log"; then
+		c_log "node $n stopped itself after $name (fail-stop): restarting it"
+	else
+		c_log "node $n is not running after $name: restarting it"
+		crashed+=("$n")
+	fi
+	start_node "$n"
+}
+
 elapsed() { python3 -c "import sys,time; print(time.time()-float(sys.argv[1]))" "$t_start"; }
 sleep_until() {
 	local d
@@ -238,29 +267,20 @@ while read -r at hold name args; do
 	sleep "$hold"
 	"$HERE/nemesis/$name.sh" heal || c_log "nemesis $name heal failed"
 	# A node that died on its own (not one we killed) is a finding.
+	chaos_refresh_nodes
 	for n in "${CHAOS_NODES[@]}"; do
 		if [[ -z $(node_pid_wait "$n" 5) && ! -f $CHAOS_DIR/nemesis-kill.state &&
 			! -f $CHAOS_DIR/nemesis-restart-all.state ]]; then
-			# Under disk faults a node that cannot apply, or whose
-			# disk is nearly full (min_free_disk_mb), stops itself
-			# (exit 1, "exiting so that the other replicas take
-			# over"): that fail-stop is the designed behaviour, not a
-			# finding.
-			last_exit=$(grep -a '^==== chaos: raftmqd exited' \
-				"$CHAOS_DIR/node$n.log" | tail -n 1)
-			if [[ $name == disk* && $last_exit == *"status 1 "* ]] &&
-				grep -aq 'exiting so that the other replicas take over' \
-					"$CHAOS_DIR/node$n.log"; then
-				c_log "node $n stopped itself after $name (fail-stop): restarting it"
-			else
-				c_log "node $n is not running after $name: restarting it"
-				crashed+=("$n")
-			fi
-			start_node "$n"
+			members_locked check_down "$n" "$name"
 		fi
 	done
 done <"$CHAOS_DIR/schedule.txt"
-for n in ${nemeses[@]+"${nemeses[@]}"}; do "$HERE/nemesis/$n.sh" heal; done
+settle_ok=1
+for n in ${nemeses[@]+"${nemeses[@]}"}; do
+	"$HERE/nemesis/$n.sh" settle || settle_ok=0
+	"$HERE/nemesis/$n.sh" heal
+done
+chaos_refresh_nodes
 nft_remove_table
 c_log "faults over at t=$(elapsed | cut -d. -f1)s; waiting for recovery"
 recovered=1
@@ -280,6 +300,7 @@ wrc=0
 wait "$workload_pid" || wrc=$?
 workload_pid=""
 tail -n 3 "$CHAOS_DIR/workload.log" >&2 || true
+chaos_refresh_nodes
 for n in "${CHAOS_NODES[@]}"; do
 	[[ -n $(node_pid "$n") ]] || { crashed+=("$n"); c_log "node $n died"; }
 done
@@ -302,6 +323,7 @@ status=0
 ((crc == 0)) || status=1
 ((wrc == 0)) || { c_log "workload exited with $wrc"; status=1; }
 ((recovered)) || { c_log "cluster did not recover within 60 s after the faults"; status=1; }
+((settle_ok)) || { c_log "a nemesis did not finish its background work"; status=1; }
 ((${#crashed[@]} == 0)) || { c_log "nodes crashed: ${crashed[*]}"; status=1; }
 tail -n 1 "$CHAOS_DIR/check.txt"
 exit "$status"
