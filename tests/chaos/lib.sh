@@ -164,7 +164,7 @@ write_ini() {
 # fiu-ctrl), plus `-c SPEC` if the file holds a spec. A wrapper shell
 # waits for raftmqd and appends its exit status to the log (a node that
 # dies on its own leaves "exited with status N": 134 abort, 139 segfault,
-# 137 SIGKILL).
+# 137 SIGKILL, and the pid: cores are on, see kernel.core_pattern).
 start_node() {
 	local n=$1
 	# Not on the line above: `local` expands all its words first, so $n
@@ -188,10 +188,12 @@ start_node() {
 	setsid bash -c '
 		log=$1 pidf=$2
 		shift 2
+		ulimit -c unlimited 2>/dev/null || true
 		"$@" </dev/null >>"$log" 2>&1 &
-		echo $! >"$pidf.tmp" && mv "$pidf.tmp" "$pidf"
-		wait $!
-		echo "==== chaos: raftmqd exited with status $? at $(date -u +%FT%T.%3NZ) ====" >>"$log"
+		pid=$!
+		echo $pid >"$pidf.tmp" && mv "$pidf.tmp" "$pidf"
+		wait $pid
+		echo "==== chaos: raftmqd exited with status $? at $(date -u +%FT%T.%3NZ) (pid $pid) ====" >>"$log"
 	' chaos-node "$log" "$pidf" ${wrap[@]+"${wrap[@]}"} "$CHAOS_BIN/raftmqd" \
 		--config "$CHAOS_DIR/node$n.ini" </dev/null >/dev/null 2>&1 9>&- &
 	disown $! 2>/dev/null || true # no "Killed" notes from bash
