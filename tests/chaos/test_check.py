@@ -354,6 +354,17 @@ class CheckerTest(unittest.TestCase):
         self.assertIsNone(self.run_check(h.ops, nem[2:3] + nem[4:5])[
             "membership"])
 
+    def test_missing_final_counters_are_told_apart_from_drained(self):
+        # The workload writes a "final" line per queue when it can list
+        # the queues at the end; none at all means "unknown", not 0.
+        ops = clean_history().finish()
+        r = self.run_check(ops)
+        self.assertEqual((r["finals"], r["undrained"]), (0, 0))
+        ops.append({"t": T0 + 99, "op": "final", "queue": "q0",
+                    "ready": 2, "unacked": 1})
+        r = self.run_check(ops)
+        self.assertEqual((r["finals"], r["undrained"]), (1, 3))
+
 
 def mem_event(t, action, **fields):
     o = {"t": t, "op": "nemesis", "nemesis": "membership", "action": action}
