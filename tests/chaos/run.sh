@@ -325,6 +325,20 @@ done
 if has_nemesis membership; then
 	c_log "membership: members at the end: $(members_in member | tr '\n' ' ')(steps: membership.log)"
 fi
+# Every exit of every node that ever ran, removed ones included (a node
+# that crashed and was removed before a liveness check saw it): 0 is a
+# clean stop, 137 our SIGKILL, 1 the fail-stop under disk faults.
+ok_exits=" 0 137 "
+[[ " ${nemeses[*]-} " == *" disk"* ]] && ok_exits+="1 "
+while IFS= read -r line; do
+	st=${line#*exited with status }
+	st=${st%% *}
+	if [[ $ok_exits != *" $st "* ]]; then
+		f=$(basename "${line%%:*}" .log)
+		c_log "$f: ${line#*==== chaos: }"
+		crashed+=("$f")
+	fi
+done < <(grep -a -H '^==== chaos: raftmqd exited with status' "$CHAOS_DIR"/node*.log || true)
 # With injected disk faults a node may fail to apply and stop itself
 # (logged FATAL): expected there, a finding anywhere else.
 bad="AddressSanitizer|runtime error:|Assertion .* failed"
