@@ -17,17 +17,23 @@ bool raft015_tick_allowed(const struct raft *r)
 	return !(r->state == RAFT_FOLLOWER && raft015_installing_snapshot(r));
 }
 
-bool raft015_send_allowed(struct raft *r, const struct raft_message *m)
+bool raft015_send_allowed(const struct raft *r, const struct raft_message *m)
 {
-	raft_id id;
-	const char *address;
-
 	if (m->type != RAFT_IO_APPEND_ENTRIES_RESULT) {
 		return true;
 	}
-	if (raft_state(r) != RAFT_FOLLOWER) {
+	/* sendAppendEntriesResult() of a follower that knows no leader. */
+	if (m->server_address == NULL) {
 		return false;
 	}
-	raft_leader(r, &id, &address);
-	return id != 0 && address != NULL && m->server_address != NULL;
+	/* sendAppendEntriesResult() of a server that is no follower any
+	 * more: id and address are the union's follower fields, read while
+	 * it holds the candidate's or the leader's. A candidate's or a
+	 * leader's own answer to an AppendEntries (a rejection of a stale
+	 * leader) names its sender and goes out: refusing it would make raft
+	 * free that request's entries twice (recvAppendEntries frees them
+	 * before sending, recvMessage again on the error). */
+	return r->state == RAFT_FOLLOWER ||
+	       m->server_id != r->follower_state.current_leader.id ||
+	       m->server_address != r->follower_state.current_leader.address;
 }

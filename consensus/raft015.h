@@ -37,11 +37,15 @@ bool raft015_installing_snapshot(const struct raft *r);
  * install campaigns a moment sooner here.) */
 bool raft015_tick_allowed(const struct raft *r);
 
-/* False for a message raft 0.15 must not send: an AppendEntries result
- * from a server that is not a follower, or that knows no leader (its
- * address would be garbage or NULL). The owner's send then returns an
- * error without sending (raft frees the request); dropping the answer is
- * what upstream does. Every other message is allowed. */
-bool raft015_send_allowed(struct raft *r, const struct raft_message *m);
+/* False for the answers of the bug: an AppendEntries result that
+ * sendAppendEntriesResult() addresses from follower_state while the server
+ * is no follower (the id and address are then exactly that union's
+ * fields: garbage), or from a follower that knows no leader (address
+ * NULL). The owner's send then returns an error without sending, and
+ * raft frees the request; dropping the answer is what upstream does.
+ * Every other message is allowed: in particular a candidate's rejection of
+ * a stale leader's AppendEntries, which names its sender (and whose send
+ * must not fail: raft 0.15 would free its entries twice). */
+bool raft015_send_allowed(const struct raft *r, const struct raft_message *m);
 
 #endif /* RMQ_RAFT015_H */

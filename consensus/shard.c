@@ -196,7 +196,8 @@ static int io_send_cb(struct raft_io *io, struct raft_io_send *req,
 	if (!raft015_send_allowed(&s->raft, m)) {
 		fprintf(stderr,
 			"raftmq: shard %u: dropped an AppendEntries result "
-			"raft 0.15 would address from no leader (state %d)\n",
+			"that raft 0.15 addressed from a state it is not in "
+			"(%d)\n",
 			s->config.id, raft_state(&s->raft));
 		return RAFT_NOCONNECTION;
 	}
