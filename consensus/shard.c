@@ -22,6 +22,8 @@
 #include <raft.h>
 #include <raft/uv.h>
 
+#include "raft015.h"
+
 struct shard {
 	uv_loop_t *loop;
 	struct raft raft;
@@ -34,11 +36,16 @@ struct shard {
 	char *dir;          /* owned */
 	char *peer_address; /* owned */
 	struct shard_hooks hooks;
-	/* Wrapped: raft_uv's start (to see incoming messages) and the FSM's
-	 * apply (to time it). */
+	/* Wrapped: raft_uv's start (to see incoming messages, and to hold
+	 * raft's tick during a snapshot install, raft015.h), raft_uv's send
+	 * (raft015.h) and the FSM's apply (to time it). */
 	int (*io_start)(struct raft_io *io, unsigned msecs,
 			raft_io_tick_cb tick, raft_io_recv_cb recv);
 	raft_io_recv_cb raft_recv;
+	raft_io_tick_cb raft_tick;
+	int (*io_send)(struct raft_io *io, struct raft_io_send *req,
+		       const struct raft_message *m, raft_io_send_cb cb);
+	bool tick_held; /* raft's tick skipped: a snapshot install runs */
 	int (*fsm_apply)(struct raft_fsm *fsm, const struct raft_buffer *buf,
 			 void **result);
 	uint64_t leader_commit; /* highest leader_commit a leader sent us */
@@ -148,13 +155,53 @@ static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 	s->raft_recv(io, m);
 }
 
+/* raft's tick, except while this follower installs a snapshot: raft 0.15
+ * would make it a candidate then, and crash when the install ends
+ * (raft015.h). */
+static void io_tick_cb(struct raft_io *io)
+{
+	struct shard *s =
+		(struct shard *)((char *)io - offsetof(struct shard, io));
+	if (!raft015_tick_allowed(&s->raft)) {
+		if (!s->tick_held) {
+			fprintf(stderr,
+				"raftmq: shard %u: installing a snapshot: no "
+				"election until it is written\n",
+				s->config.id);
+			s->tick_held = true;
+		}
+		return;
+	}
+	s->tick_held = false;
+	s->raft_tick(io);
+}
+
 static int io_start_cb(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
 		       raft_io_recv_cb recv)
 {
 	struct shard *s =
 		(struct shard *)((char *)io - offsetof(struct shard, io));
 	s->raft_recv = recv;
-	return s->io_start(io, msecs, tick, io_recv_cb);
+	s->raft_tick = tick;
+	return s->io_start(io, msecs, io_tick_cb, io_recv_cb);
+}
+
+/* raft_uv's send, except for an answer raft 0.15 addresses from the wrong
+ * union member (raft015.h): dropped, raft frees the request. */
+static int io_send_cb(struct raft_io *io, struct raft_io_send *req,
+		      const struct raft_message *m, raft_io_send_cb cb)
+{
+	struct shard *s =
+		(struct shard *)((char *)io - offsetof(struct shard, io));
+	if (!raft015_send_allowed(&s->raft, m)) {
+		fprintf(stderr,
+			"raftmq: shard %u: dropped an AppendEntries result "
+			"that raft 0.15 addressed from a state it is not in "
+			"(%d)\n",
+			s->config.id, raft_state(&s->raft));
+		return RAFT_NOCONNECTION;
+	}
+	return s->io_send(io, req, m, cb);
 }
 
 static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
@@ -269,6 +316,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	}
 	s->io_start = s->io.start;
 	s->io.start = io_start_cb;
+	s->io_send = s->io.send;
+	s->io.send = io_send_cb;
 	rv = raft_init(&s->raft, &s->io, &s->rfsm.rfsm, c->node_id,
 		       s->peer_address);
 	if (rv != 0) {

@@ -254,6 +254,123 @@ class CheckerTest(unittest.TestCase):
         self.assertAlmostEqual(r["availability"], 0.5, places=1)
         self.assertEqual(check.violations(r, 0.9), ["availability"])
 
+    # ---- Membership events (nemesis "membership") ----------------------
+
+    def minority_setup(self, node=2):
+        """A clean history whose confirms all come from @node, spread
+        over about 8 s, and its publish ops."""
+        ops = clean_history().finish()
+        pubs = [o for o in ops if o.get("op") == "publish"]
+        for o in pubs:
+            o["node"] = node
+        return ops, pubs
+
+    def test_membership_events_are_not_partitions(self):
+        # Node 4 is added, then node 2 removed, while node 4 and node 2
+        # confirm: nothing there is a minority.
+        ops, pubs = self.minority_setup(node=4)
+        t = pubs[5]["t"]
+        nem = [mem_event(t, "start", step="add", node=4),
+               mem_event(t + 0.5, "heal"),
+               mem_event(t + 2, "done", step="add", node=4, ok=True),
+               mem_event(t + 3, "start", step="remove", node=2),
+               mem_event(t + 4, "done", step="remove", node=2, ok=True),
+               mem_event(t + 5, "heal")]
+        r = self.run_check(ops, nem)
+        self.assertEqual(r["minority"], 0)
+        self.assertEqual(check.violations(r), [])
+        for o in pubs:
+            o["node"] = 2
+        r = self.run_check(ops, nem)
+        self.assertEqual(r["minority"], 0)
+
+    def test_partition_cut_ends_when_a_membership_step_starts(self):
+        # Node 2 isolated from pubs[4]; a membership step starts at
+        # pubs[8]: confirms by node 2 in between are minority ones (three:
+        # pubs 5..7, after the grace), later ones are not checked.
+        ops, pubs = self.minority_setup()
+        t_cut = pubs[5]["t"] - check.MINORITY_GRACE - 0.001
+        nem = [{"t": t_cut, "op": "nemesis", "nemesis": "partition",
+                "action": "start", "mode": "isolate", "node": 2},
+               mem_event(pubs[8]["t"] - 0.001, "start", step="add", node=4),
+               mem_event(pubs[9]["t"], "heal"),
+               mem_event(pubs[20]["t"], "done", step="add", node=4,
+                         ok=True),
+               {"t": pubs[30]["t"], "op": "nemesis", "nemesis": "partition",
+                "action": "heal"}]
+        r = self.run_check(ops, nem)
+        self.assertEqual(r["minority"], 3)
+        self.assertEqual(check.violations(r), ["minority"])
+
+    def test_partition_made_during_a_membership_step_is_not_checked(self):
+        ops, pubs = self.minority_setup()
+        nem = [mem_event(pubs[0]["t"], "start", step="remove", node=1),
+               {"t": pubs[1]["t"], "op": "nemesis", "nemesis": "partition",
+                "action": "start", "mode": "isolate", "node": 2},
+               mem_event(pubs[2]["t"], "heal"),
+               mem_event(pubs[30]["t"], "done", step="remove", node=1,
+                         ok=True),
+               {"t": pubs[35]["t"], "op": "nemesis", "nemesis": "partition",
+                "action": "heal"}]
+        r = self.run_check(ops, nem)
+        self.assertEqual(r["minority"], 0)
+        # Without the step the same cut is checked.
+        r = self.run_check(ops, [o for o in nem
+                                 if o.get("nemesis") == "partition"])
+        self.assertGreater(r["minority"], 0)
+
+    def test_membership_done_after_heal_extends_the_fault_phase(self):
+        # The step starts at +10, its window heals at +11, the step is
+        # done at +15: the fault phase is 5 s, not 1 s.
+        h, _ = paced_history(lambda i: True)
+        nem = [mem_event(T0 + 10, "start", step="add", node=4),
+               mem_event(T0 + 11, "heal"),
+               mem_event(T0 + 15, "done", step="add", node=4, ok=True)]
+        r = self.run_check(h.ops, nem)
+        self.assertEqual(r["fault_seconds"], 5)
+        self.assertEqual(len(r["faults"]), 1)
+        self.assertAlmostEqual(r["faults"][0][3], 5.0)
+
+    def test_membership_summary_counts_steps_and_overlapping_faults(self):
+        h, _ = paced_history(lambda i: True)
+        nem = [mem_event(T0 + 10, "start", step="add", node=4),
+               mem_event(T0 + 11, "heal"),
+               {"t": T0 + 12, "op": "nemesis", "nemesis": "kill",
+                "action": "start", "node": 4},
+               mem_event(T0 + 13, "done", step="add", node=4, ok=True),
+               {"t": T0 + 14, "op": "nemesis", "nemesis": "kill",
+                "action": "heal", "node": 4},
+               mem_event(T0 + 15, "start", step="remove", node=1),
+               mem_event(T0 + 16, "heal"),
+               mem_event(T0 + 17, "done", step="remove", node=1, ok=False),
+               mem_event(T0 + 18, "skip", why="no node id left"),
+               mem_event(T0 + 19, "start", step="add", node=5)]
+        r = self.run_check(h.ops, nem)
+        m = r["membership"]
+        self.assertEqual((m["add"], m["remove"], m["failed"], m["running"],
+                          m["skipped"], m["overlaps"]), (1, 0, 1, 1, 1, 1))
+        self.assert_only(r)
+        # No membership events: no summary.
+        self.assertIsNone(self.run_check(h.ops, nem[2:3] + nem[4:5])[
+            "membership"])
+
+    def test_missing_final_counters_are_told_apart_from_drained(self):
+        # The workload writes a "final" line per queue when it can list
+        # the queues at the end; none at all means "unknown", not 0.
+        ops = clean_history().finish()
+        r = self.run_check(ops)
+        self.assertEqual((r["finals"], r["undrained"]), (0, 0))
+        ops.append({"t": T0 + 99, "op": "final", "queue": "q0",
+                    "ready": 2, "unacked": 1})
+        r = self.run_check(ops)
+        self.assertEqual((r["finals"], r["undrained"]), (1, 3))
+
+
+def mem_event(t, action, **fields):
+    o = {"t": t, "op": "nemesis", "nemesis": "membership", "action": action}
+    o.update(fields)
+    return o
+
 
 class CommandLineTest(unittest.TestCase):
     def run_cli(self, ops):

@@ -431,6 +431,28 @@ static long long backlog(struct rmq_client *admin, bool record)
 	return seen == g_opt.queues ? sum : -1;
 }
 
+/* backlog() through the first client that can tell: the consumers'
+ * clients, then the admin client. The consumers' clients have followed the
+ * cluster all along (deliveries, acks, leader changes); the admin client
+ * sat idle since the declares. libraftmq learns nodes only from topology
+ * answers and redirects, which an idle client does not get, so once the
+ * membership nemesis has replaced every node the admin client knew, it
+ * cannot reach the cluster any more (seen in a 600 s run: "drain gave up
+ * (backlog -1)", no final counters). */
+static long long backlog_any(struct consumer *cons, struct rmq_client *admin,
+			     bool record)
+{
+	for (unsigned i = 0; i <= g_opt.consumers; i++) {
+		struct rmq_client *c = i < g_opt.consumers ? cons[i].client
+							   : admin;
+		long long left = backlog(c, false);
+		if (left >= 0) {
+			return record ? backlog(c, true) : left;
+		}
+	}
+	return -1;
+}
+
 static void usage(FILE *f)
 {
 	fputs("usage: raftmq-chaos-workload [--servers H:P,...] "
@@ -644,7 +666,7 @@ int main(int argc, char **argv)
 		if (idle < g_opt.drain_idle) {
 			continue;
 		}
-		left = backlog(admin, false);
+		left = backlog_any(cons, admin, false);
 		if (left == 0) {
 			break;
 		}
@@ -654,10 +676,10 @@ int main(int argc, char **argv)
 		rmq_settle_flush(cons[i].client, 10000);
 	}
 	/* Acks are applied: record the cluster's final counters. */
-	for (int i = 0; i < 20 && backlog(admin, false) < 0; i++) {
+	for (int i = 0; i < 20 && backlog_any(cons, admin, false) < 0; i++) {
 		sleep_s(0.5);
 	}
-	backlog(admin, true);
+	backlog_any(cons, admin, true);
 	hist_phase("done");
 	for (unsigned i = 0; i < g_opt.consumers; i++) {
 		rmq_close(cons[i].client, 5000);

@@ -1,6 +1,8 @@
 /* Deterministic tests of the shard FSM on canonical/raft's in-memory
  * raft_fixture: replication to every replica, leader change, idempotent
- * replay by raft index, and snapshot install on a lagging follower. */
+ * replay by raft index, snapshot install on a lagging follower, and the
+ * guards against raft 0.15's election during a snapshot install
+ * (raft015.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 #include <raft/fixture.h>
 
 #include "fsm.h"
+#include "raft015.h"
 #include "shard.h"
 #include "store.h"
 #include "transport.h"
@@ -299,6 +302,230 @@ static void snapshot_install_lagging_follower_catches_up(void **state)
 	assert_true(strlen(a) > 0);
 	assert_string_equal(a, b);
 	assert_non_null(strstr(b, "31=s-31,"));
+}
+
+/* ---- raft 0.15 guards (raft015.h), with shard.c's glue ---------------- */
+
+/* What shard.c wraps around its raft_uv, here around fixture server i's io:
+ * raft's tick held while the server installs a snapshot (if hold_tick),
+ * and the answers raft015_send_allowed() refuses dropped. */
+struct guard {
+	struct raft *raft;
+	int (*start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+		     raft_io_recv_cb recv);
+	int (*send)(struct raft_io *io, struct raft_io_send *req,
+		    const struct raft_message *m, raft_io_send_cb cb);
+	raft_io_tick_cb tick;
+	bool hold_tick;
+	unsigned held;            /* ticks skipped */
+	unsigned dropped;         /* answers dropped */
+	const char *drop_address; /* the address the last one was going to */
+	bool campaigned_while_installing;
+};
+
+static struct guard guards[N];
+
+static struct guard *guard_of(struct raft_io *io)
+{
+	for (unsigned i = 0; i < N; i++) {
+		if (guards[i].raft != NULL && guards[i].raft->io == io) {
+			return &guards[i];
+		}
+	}
+	fail_msg("no guard for this io");
+	return NULL;
+}
+
+static void guard_tick_cb(struct raft_io *io)
+{
+	struct guard *g = guard_of(io);
+	if (g->hold_tick && !raft015_tick_allowed(g->raft)) {
+		g->held++;
+		return;
+	}
+	g->tick(io);
+	if (raft_state(g->raft) == RAFT_CANDIDATE &&
+	    raft015_installing_snapshot(g->raft)) {
+		g->campaigned_while_installing = true;
+	}
+}
+
+static int guard_start_cb(struct raft_io *io, unsigned msecs,
+			  raft_io_tick_cb tick, raft_io_recv_cb recv)
+{
+	struct guard *g = guard_of(io);
+	g->tick = tick;
+	return g->start(io, msecs, guard_tick_cb, recv);
+}
+
+static int guard_send_cb(struct raft_io *io, struct raft_io_send *req,
+			 const struct raft_message *m, raft_io_send_cb cb)
+{
+	struct guard *g = guard_of(io);
+	if (!raft015_send_allowed(g->raft, m)) {
+		g->dropped++;
+		g->drop_address = m->server_address;
+		return RAFT_NOCONNECTION;
+	}
+	return g->send(io, req, m, cb);
+}
+
+/* setup() with the glue on every server (before raft_start) and shard.c's
+ * timeouts (1 s election, pre-vote on). */
+static int setup_guarded(void **state, bool hold_tick)
+{
+	struct fix *x = calloc(1, sizeof *x);
+	struct raft_configuration conf;
+	struct shard_config sc = {.election_timeout_ms = 1000,
+				  .heartbeat_timeout_ms = 100};
+	assert_int_equal(raft_fixture_initialize(&x->f), 0);
+	memset(guards, 0, sizeof guards);
+	for (unsigned i = 0; i < N; i++) {
+		struct raft *r;
+		replica_open(&x->r[i]);
+		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1,
+			      64u << 20);
+		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm), 0);
+		r = raft_fixture_get(&x->f, i);
+		x->r[i].fr.raft = r;
+		shard_tune_raft(r, &sc);
+		guards[i].raft = r;
+		guards[i].hold_tick = hold_tick;
+		guards[i].start = r->io->start;
+		guards[i].send = r->io->send;
+		r->io->start = guard_start_cb;
+		r->io->send = guard_send_cb;
+	}
+	assert_int_equal(raft_fixture_configuration(&x->f, N, &conf), 0);
+	assert_int_equal(raft_fixture_bootstrap(&x->f, &conf), 0);
+	raft_configuration_close(&conf);
+	assert_int_equal(raft_fixture_start(&x->f), 0);
+	*state = x;
+	return 0;
+}
+
+static int setup_guard_all(void **state)
+{
+	return setup_guarded(state, true);
+}
+
+static int setup_guard_send_only(void **state)
+{
+	return setup_guarded(state, false);
+}
+
+static bool installing_cb(struct raft_fixture *f, void *arg)
+{
+	return raft015_installing_snapshot(
+		raft_fixture_get(f, (unsigned)(uintptr_t)arg));
+}
+
+static bool not_installing_cb(struct raft_fixture *f, void *arg)
+{
+	return !installing_cb(f, arg);
+}
+
+/* A follower lagging behind the leader's snapshot (@lag, returned) starts
+ * installing it, slowly (4 s of disk latency), and the leader dies (with
+ * @alone, the third server too: no new leader can turn up). */
+static unsigned install_then_leader_dies(struct fix *x, unsigned *leader,
+					 bool alone)
+{
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	unsigned lag = (l + 1) % N;
+	for (unsigned i = 0; i < N; i++) {
+		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
+		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
+	}
+	raft_fixture_kill(&x->f, lag);
+	propose(x, make_cmd("q", true, "s", 1, 1));
+	for (unsigned k = 0; k < 30; k++) {
+		propose(x, make_cmd("q", false, "s", 1, 2 + k));
+		raft_fixture_step_n(&x->f, 5);
+	}
+	wait_applied(x, l, raft_last_index(raft_fixture_get(&x->f, l)));
+	raft_fixture_step_until_elapsed(&x->f, 500);
+	assert_true(raft_fixture_get(&x->f, l)->log.snapshot.last_index > 0);
+	raft_fixture_set_disk_latency(&x->f, lag, 4000);
+	raft_fixture_revive(&x->f, lag);
+	assert_true(raft_fixture_step_until(&x->f, installing_cb,
+					    (void *)(uintptr_t)lag, 5000));
+	raft_fixture_kill(&x->f, l);
+	if (alone) {
+		raft_fixture_kill(&x->f, (lag + 1) % N);
+	}
+	*leader = l;
+	return lag;
+}
+
+/* The chaos crash, held off: the installing follower does not campaign
+ * while its snapshot is written, answers its (old) leader properly, then
+ * joins the election and the cluster goes on with it. */
+static void
+snapshot_install_follower_waits_for_write_before_election(void **state)
+{
+	struct fix *x = *state;
+	unsigned l;
+	unsigned lag = install_then_leader_dies(x, &l, false);
+	struct raft *r = raft_fixture_get(&x->f, lag);
+
+	/* Three election timeouts go by inside the install. */
+	raft_fixture_step_until_elapsed(&x->f, 3000);
+	assert_true(raft015_installing_snapshot(r));
+	assert_false(guards[lag].campaigned_while_installing);
+	assert_int_equal(raft_state(r), RAFT_FOLLOWER);
+	assert_true(guards[lag].held > 0);
+
+	/* Written: the follower holds the snapshot and, with the third
+	 * server, elects a leader that serves. */
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 20000));
+	assert_false(raft015_installing_snapshot(r));
+	assert_int_equal(guards[lag].dropped, 0);
+	raft_fixture_set_disk_latency(&x->f, lag, 10);
+	propose(x, make_cmd("q", false, "s", 1, 40));
+	unsigned now = raft_fixture_leader_index(&x->f);
+	assert_int_not_equal(now, l);
+	wait_applied(x, lag, raft_last_index(raft_fixture_get(&x->f, now)));
+	char a[65536];
+	dump(x, lag, "q", a, sizeof a);
+	assert_non_null(strstr(a, "31=s-31,32=s-40,"));
+}
+
+/* Without the tick guard, raft 0.15 makes the installing follower a
+ * candidate (if that stops happening, raft was upgraded: see raft015.h),
+ * and when the write ends it answers to an address read from the
+ * candidate's fields: dropped by the send guard (raft_uv would crash). */
+static void snapshot_install_answer_as_candidate_is_dropped(void **state)
+{
+	struct fix *x = *state;
+	unsigned l;
+	unsigned lag = install_then_leader_dies(x, &l, true);
+	struct raft *r = raft_fixture_get(&x->f, lag);
+
+	raft_fixture_step_until_elapsed(&x->f, 3000);
+	assert_true(raft015_installing_snapshot(r));
+	assert_true(guards[lag].campaigned_while_installing);
+	assert_int_equal(raft_state(r), RAFT_CANDIDATE);
+	assert_true(raft_fixture_step_until(&x->f, not_installing_cb,
+					    (void *)(uintptr_t)lag, 5000));
+	/* The chaos run's core: address 0x100, the pre-vote candidate's
+	 * in_pre_vote byte read as a pointer. */
+	assert_int_equal(guards[lag].dropped, 1);
+	assert_true((uintptr_t)guards[lag].drop_address < 4096);
+	/* The snapshot itself was installed. */
+	assert_true(r->last_applied >=
+		    raft_fixture_get(&x->f, l)->log.snapshot.last_index);
+	/* A candidate's own answer to an AppendEntries (a stale leader's,
+	 * rejected) names its sender: it goes out. (Refusing it made raft
+	 * 0.15 free the entries twice: aborts in a chaos run.) */
+	struct raft_message m = {.type = RAFT_IO_APPEND_ENTRIES_RESULT,
+				 .server_id = l + 1,
+				 .server_address = "127.0.0.1:9"};
+	assert_int_equal(raft_state(r), RAFT_CANDIDATE);
+	assert_true(raft015_send_allowed(r, &m));
+	m.server_address = NULL;
+	assert_false(raft015_send_allowed(r, &m));
 }
 
 /* Re-applying entries after a restart must not change the state. */
@@ -618,6 +845,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			snapshot_install_lagging_follower_catches_up, setup,
 			teardown),
+		cmocka_unit_test_setup_teardown(
+			snapshot_install_follower_waits_for_write_before_election,
+			setup_guard_all, teardown),
+		cmocka_unit_test_setup_teardown(
+			snapshot_install_answer_as_candidate_is_dropped,
+			setup_guard_send_only, teardown),
 		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
 		cmocka_unit_test(apply_publish_unknown_queue_is_business_error),
 		cmocka_unit_test(apply_shard_records),

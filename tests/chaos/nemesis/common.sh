@@ -5,6 +5,11 @@
 #   nemesis/NAME.sh heal            undo it (idempotent, safe to repeat)
 #   nemesis/NAME.sh run SECS ARGS.. start, hold SECS, heal; healed on any
 #                                   exit (trap), also on SIGINT/SIGTERM
+#   nemesis/NAME.sh settle          wait for work the nemesis left running
+#                                   in the background; exit 1 if it failed
+#                                   (nem_settle; no-op if not defined)
+#   nemesis/NAME.sh abort           stop that work at once (nem_abort)
+# Any other verb V runs nem_verb_V if the nemesis defines it.
 # Needs CHAOS_DIR (and the other CHAOS_* variables of lib.sh) in the
 # environment. Events go to $CHAOS_DIR/nemesis.jsonl.
 set -euo pipefail
@@ -13,21 +18,29 @@ NEM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$NEM_DIR/../lib.sh"
 : "${CHAOS_DIR:?CHAOS_DIR must name the run directory}"
 : "${CHAOS_BIN:?CHAOS_BIN must name the directory of raftmqd}"
+chaos_refresh_nodes
 NEM_NAME=$(basename "$0" .sh)
 NEM_STATE=$CHAOS_DIR/nemesis-$NEM_NAME.state
 
-# Resolve a target word to a node id: a number, "leader" (the leader of
-# the shard of chaos-q0, a busy shard), "meta" (meta shard leader) or
-# "random" (uses $RANDOM, seeded by the caller through NEM_RANDOM).
+# Resolve a target word to the id of a node that should be running
+# (CHAOS_NODES: members, and nodes being added or removed): a number (that
+# node if it is one of them, else the number-th of them, cyclically: the
+# schedule's 1..3 stay valid after the membership nemesis replaced nodes
+# 1..3), "leader" (the leader of the shard of chaos-q0, a busy shard),
+# "meta" (meta shard leader) or "random" (uses $RANDOM, seeded by the
+# caller through NEM_RANDOM). Falls back to a random one of them.
 resolve_target() {
-	local t=$1 id=""
+	local t=$1 id="" nodes=("${CHAOS_NODES[@]}")
 	case $t in
-	[1-3]) id=$t ;;
+	[0-9]*) id=$t ;;
 	leader) id=$(busy_leader 2>/dev/null || true) ;;
 	meta) id=$(shard_leader 0 2>/dev/null || true) ;;
 	esac
-	if ! [[ $id =~ ^[1-3]$ ]]; then
-		id=$((${NEM_RANDOM:-$RANDOM} % 3 + 1))
+	if [[ $t =~ ^[0-9]+$ && " ${nodes[*]} " != *" $id "* ]]; then
+		id=${nodes[$(((t + ${#nodes[@]} - 1) % ${#nodes[@]}))]}
+	fi
+	if [[ -z $id || " ${nodes[*]} " != *" $id "* ]]; then
+		id=${nodes[$((${NEM_RANDOM:-$RANDOM} % ${#nodes[@]}))]}
 	fi
 	echo "$id"
 }
@@ -47,8 +60,14 @@ nem_main() {
 		nem_start "$@"
 		sleep "$secs"
 		;;
+	settle) if declare -F nem_settle >/dev/null; then nem_settle; fi ;;
+	abort) if declare -F nem_abort >/dev/null; then nem_abort; fi ;;
 	*)
-		echo "usage: $0 start ARGS... | heal | run SECONDS ARGS..." >&2
+		if [[ -n $cmd ]] && declare -F "nem_verb_$cmd" >/dev/null; then
+			"nem_verb_$cmd" "$@"
+			return
+		fi
+		echo "usage: $0 start ARGS... | heal | run SECONDS ARGS... | settle | abort" >&2
 		exit 2
 		;;
 	esac

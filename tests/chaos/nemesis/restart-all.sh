@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# restart-all: SIGKILL every node at once; heal restarts them all.
+# restart-all: SIGKILL every node at once; heal restarts them all (the
+# nodes that should be running at heal time: a node the membership
+# nemesis removed meanwhile stays down).
 source "$(dirname "$0")/common.sh"
 nem_start() {
 	local n
@@ -8,10 +10,14 @@ nem_start() {
 	touch "$NEM_STATE"
 	nemesis_event restart-all start
 }
+start_nodes_locked() {
+	local n
+	chaos_refresh_nodes
+	for n in "${CHAOS_NODES[@]}"; do start_node "$n"; done
+}
 nem_heal() {
 	[[ -f $NEM_STATE ]] || return 0
-	local n
-	for n in "${CHAOS_NODES[@]}"; do start_node "$n"; done
+	members_locked start_nodes_locked
 	rm -f "$NEM_STATE"
 	nemesis_event restart-all heal
 }
