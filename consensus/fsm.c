@@ -127,8 +127,7 @@ static int apply_publish(struct fsm *f, struct store_txn *t,
 }
 
 /* Copy a list of node ids; RMQ_EINVAL if it is too long. */
-static int copy_ids(uint64_t *dst, unsigned *n, const uint64_t *src,
-		    size_t len)
+static int copy_ids(uint64_t *dst, unsigned *n, const uint64_t *src, size_t len)
 {
 	if (len > STORE_SHARD_MAX_IDS) {
 		return RMQ_EINVAL;
@@ -150,8 +149,7 @@ static int apply_place(struct store_txn *t, const Rmqc__PlaceOp *op)
 	if (op->n_replicas == 0) {
 		return RMQ_EINVAL;
 	}
-	rv = copy_ids(s.replicas, &s.n_replicas, op->replicas,
-		      op->n_replicas);
+	rv = copy_ids(s.replicas, &s.n_replicas, op->replicas, op->n_replicas);
 	if (rv != 0) {
 		return rv;
 	}

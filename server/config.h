@@ -30,7 +30,7 @@ struct config {
 	char initial_cluster[1024];
 	struct config_member members[CONFIG_MAX_MEMBERS];
 	size_t n_members;
-	unsigned shards; /* data shards */
+	unsigned shards;             /* data shards */
 	unsigned replication_factor; /* voters per data shard */
 	char join[1024]; /* client addresses of existing nodes: join them */
 	/* [limits] */

@@ -94,7 +94,7 @@ struct members {
 	uint64_t last_balance_ms;
 	uint64_t last_log_ms[NODE_MAX_SHARDS];
 	bool tombstone_inflight;
-	bool place_inflight;  /* a PlaceOp of the planner */
+	bool place_inflight; /* a PlaceOp of the planner */
 	uint64_t last_plan_ms;
 
 	bool state_inflight[NODE_MAX_SHARDS]; /* a ShardStateOp proposed here */
@@ -210,7 +210,8 @@ void members_close(struct node *n)
 		m->stop = true;
 		pthread_cond_signal(&m->cv);
 		pthread_mutex_unlock(&m->mu);
-		pthread_join(m->thread, NULL); /* at most one report's timeout */
+		pthread_join(m->thread,
+			     NULL); /* at most one report's timeout */
 	}
 	pthread_cond_destroy(&m->cv);
 	pthread_mutex_destroy(&m->mu);
@@ -248,8 +249,7 @@ static bool has_id(const uint64_t *ids, size_t k, uint64_t id)
 	return false;
 }
 
-static bool same_set(const uint64_t *a, size_t na, const uint64_t *b,
-		     size_t nb)
+static bool same_set(const uint64_t *a, size_t na, const uint64_t *b, size_t nb)
 {
 	if (na != nb) {
 		return false;
@@ -608,8 +608,7 @@ struct state_req {
 	unsigned shard;
 };
 
-static void state_applied_cb(void *data, int status,
-			     const struct fsm_result *r)
+static void state_applied_cb(void *data, int status, const struct fsm_result *r)
 {
 	struct state_req *q = data;
 	(void)status;
@@ -822,8 +821,8 @@ static int propose_place(struct node *n, unsigned shard, const uint64_t *ids,
 	return propose_meta_op(n, &op, cb, data);
 }
 
-static void place(struct node *n, unsigned shard, const uint64_t *ids,
-		  size_t k, const char *why)
+static void place(struct node *n, unsigned shard, const uint64_t *ids, size_t k,
+		  const char *why)
 {
 	char list[160];
 	size_t used = 0;
@@ -951,8 +950,7 @@ static void plan_placement(struct node *n)
 			(*plan_load(&p, q[worst]))--;
 			q[worst] = q[--k];
 		}
-		if (!rec[i].placed ||
-		    !same_set(q, k, placed[i], n_placed[i])) {
+		if (!rec[i].placed || !same_set(q, k, placed[i], n_placed[i])) {
 			place(n, i, q, k, "members changed");
 			return;
 		}
@@ -1626,8 +1624,8 @@ static void handle_shard_report(struct node *n, struct conn *c,
 	if (!meta_leader_here(n, c, req->id)) {
 		return;
 	}
-	if (q->shard == 0 || q->shard >= n->n_shards ||
-	    q->n_voters > MAX_IDS || q->n_others > MAX_IDS) {
+	if (q->shard == 0 || q->shard >= n->n_shards || q->n_voters > MAX_IDS ||
+	    q->n_others > MAX_IDS) {
 		conn_send_error(c, req->id, RMQ_EINVAL, "bad shard report");
 		return;
 	}

@@ -12,9 +12,9 @@
 #define STORE_DEFAULT_MAP_SIZE ((size_t)1 << 30)
 
 static const char *const db_names[STORE_DB_COUNT] = {
-	[STORE_DB_INFO] = "info",   [STORE_DB_QUEUES] = "queues",
-	[STORE_DB_MSGS] = "msgs",   [STORE_DB_DEDUP] = "dedup",
-	[STORE_DB_NODES] = "nodes", [STORE_DB_PLACEMENT] = "placement",
+	[STORE_DB_INFO] = "info",     [STORE_DB_QUEUES] = "queues",
+	[STORE_DB_MSGS] = "msgs",     [STORE_DB_DEDUP] = "dedup",
+	[STORE_DB_NODES] = "nodes",   [STORE_DB_PLACEMENT] = "placement",
 	[STORE_DB_SHARDS] = "shards",
 };
 

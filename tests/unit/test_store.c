@@ -932,10 +932,16 @@ static void nodes_put_get_foreach(void **state)
 static void shard_records_round_trip(void **state)
 {
 	struct env *e = *state;
-	struct store_shard r = {.shard = 2, .placed = true, .n_replicas = 3,
-				.replicas = {4, 2, 3}, .term = 7, .leader = 4,
-				.n_voters = 2, .voters = {2, 3},
-				.n_others = 1, .others = {4}};
+	struct store_shard r = {.shard = 2,
+				.placed = true,
+				.n_replicas = 3,
+				.replicas = {4, 2, 3},
+				.term = 7,
+				.leader = 4,
+				.n_voters = 2,
+				.voters = {2, 3},
+				.n_others = 1,
+				.others = {4}};
 	struct store_shard got;
 	struct store_txn *t;
 
@@ -973,7 +979,9 @@ static void shard_records_round_trip(void **state)
 static void populate(struct store *s)
 {
 	struct store_node n = {.id = 1, .peer_address = "a:1"};
-	struct store_shard sh = {.shard = 1, .placed = true, .n_replicas = 1,
+	struct store_shard sh = {.shard = 1,
+				 .placed = true,
+				 .n_replicas = 1,
 				 .replicas = {9}};
 	struct store_placement p;
 	struct store_txn *t;
