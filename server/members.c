@@ -296,14 +296,22 @@ static size_t staying_voters(struct node *n, uint64_t *ids, size_t max)
 /* The replica set data shard @i should have: its placement, or, before
  * the planner placed it (a cluster bootstrapped by an earlier release),
  * every staying member. */
+static size_t record_target(struct node *n, const struct store_shard *r,
+			    uint64_t *ids)
+{
+	if (r->placed) {
+		memcpy(ids, r->replicas, r->n_replicas * sizeof *ids);
+		return r->n_replicas;
+	}
+	return staying_voters(n, ids, MAX_IDS);
+}
+
+/* As record_target(), reading data shard @i's record. */
 static size_t shard_target(struct node *n, unsigned i, uint64_t *ids)
 {
 	struct store_shard r;
-	if (shard_record(n, i, &r) && r.placed) {
-		memcpy(ids, r.replicas, r.n_replicas * sizeof *ids);
-		return r.n_replicas;
-	}
-	return staying_voters(n, ids, MAX_IDS);
+	shard_record(n, i, &r); /* zeroed, so not placed, if absent */
+	return record_target(n, &r, ids);
 }
 
 void members_shard_view(struct node *n, unsigned i, struct shard_view *v)
@@ -389,14 +397,14 @@ static bool voter_where_placed(struct node *n, uint64_t id)
 	return true;
 }
 
-/* Whether data shard @i's configuration, as reported, is its placement. */
-static bool shard_settled(struct node *n, unsigned i)
+/* Whether the configuration a data shard's record reports is its
+ * placement. */
+static bool record_settled(struct node *n, const struct store_shard *r)
 {
 	uint64_t target[MAX_IDS];
-	struct store_shard r;
-	size_t k = shard_target(n, i, target);
-	return shard_record(n, i, &r) && r.n_others == 0 &&
-	       same_set(r.voters, r.n_voters, target, k);
+	size_t k = record_target(n, r, target);
+	return r->term > 0 && r->n_others == 0 &&
+	       same_set(r->voters, r->n_voters, target, k);
 }
 
 static const char *node_role_name(struct node *n, uint64_t id)
@@ -906,7 +914,7 @@ static void plan_placement(struct node *n)
 	}
 	for (unsigned i = 1; i < n->n_shards; i++) {
 		shard_record(n, i, &rec[i]);
-		n_placed[i] = shard_target(n, i, placed[i]);
+		n_placed[i] = record_target(n, &rec[i], placed[i]);
 		for (size_t k = 0; k < n_placed[i]; k++) {
 			unsigned *l = plan_load(&p, placed[i][k]);
 			if (l != NULL) {
@@ -967,7 +975,7 @@ static void plan_placement(struct node *n)
 		return;
 	}
 	for (unsigned i = 1; i < n->n_shards; i++) {
-		if (!shard_settled(n, i)) {
+		if (!record_settled(n, &rec[i])) {
 			return;
 		}
 	}
@@ -1185,12 +1193,14 @@ static void reply_ok(struct node *n, struct conn *c, uint64_t id,
 	}
 }
 
+/* NULL (the request answered with ENOMEM) if out of memory. */
 static struct admin_req *admin_new(struct node *n, struct conn *c,
 				   const Rmq__Request *req, uint64_t target,
 				   unsigned shard)
 {
 	struct admin_req *a = calloc(1, sizeof *a);
 	if (a == NULL) {
+		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return NULL;
 	}
 	a->node = n;
@@ -1269,6 +1279,17 @@ static bool meta_leader_here(struct node *n, struct conn *c, uint64_t id)
 	}
 }
 
+/* Whether the meta shard's configuration is changing (then answered). */
+static bool meta_change_busy(struct node *n, struct conn *c, uint64_t id)
+{
+	if (!shard_changing(n->shards[0])) {
+		return false;
+	}
+	conn_send_error(c, id, RMQ_EUNAVAIL,
+			"another membership change is in progress, retry");
+	return true;
+}
+
 static void handle_join(struct node *n, struct conn *c, const Rmq__Request *req)
 {
 	const Rmq__JoinReq *j = req->join;
@@ -1311,7 +1332,6 @@ static void handle_join(struct node *n, struct conn *c, const Rmq__Request *req)
 	op.node = &no;
 	struct admin_req *a = admin_new(n, c, req, j->node_id, 0);
 	if (a == NULL) {
-		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
 	LOGI("node %" PRIu64 " (peer %s, client %s) registers as a spare",
@@ -1463,15 +1483,11 @@ static void handle_node_add(struct node *n, struct conn *c,
 		conn_send_error(c, req->id, RMQ_ENOTFOUND, msg);
 		return;
 	}
-	if (shard_changing(n->shards[0])) {
-		conn_send_error(c, req->id, RMQ_EUNAVAIL,
-				"another membership change is in progress, "
-				"retry");
+	if (meta_change_busy(n, c, req->id)) {
 		return;
 	}
 	struct admin_req *a = admin_new(n, c, req, id, 0);
 	if (a == NULL) {
-		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
 	LOGI("shard 0: adding node %" PRIu64 " (%s)", id, p->peer_address);
@@ -1506,7 +1522,6 @@ static void handle_node_remove(struct node *n, struct conn *c,
 		/* A spare, or the last steps of a removal: tombstone. */
 		struct admin_req *a = admin_new(n, c, req, id, 0);
 		if (a == NULL) {
-			conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 			return;
 		}
 		admin_started(a, propose_tombstone(n, id, admin_apply_cb, a));
@@ -1542,15 +1557,11 @@ static void handle_node_remove(struct node *n, struct conn *c,
 		conn_send_error(c, req->id, RMQ_EUNAVAIL, msg);
 		return;
 	}
-	if (shard_changing(n->shards[0])) {
-		conn_send_error(c, req->id, RMQ_EUNAVAIL,
-				"another membership change is in progress, "
-				"retry");
+	if (meta_change_busy(n, c, req->id)) {
 		return;
 	}
 	struct admin_req *a = admin_new(n, c, req, id, 0);
 	if (a == NULL) {
-		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
 	LOGI("shard 0: node %" PRIu64 " is leaving (meta standby)", id);
@@ -1607,7 +1618,6 @@ static void handle_shard_transfer(struct node *n, struct conn *c,
 	}
 	struct admin_req *a = admin_new(n, c, req, t->to, t->shard);
 	if (a == NULL) {
-		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
 	LOGI("shard %u: handing leadership to node %" PRIu64 " (requested)",
@@ -1642,7 +1652,6 @@ static void handle_shard_report(struct node *n, struct conn *c,
 	}
 	struct admin_req *a = admin_new(n, c, req, 0, 0);
 	if (a == NULL) {
-		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
 	admin_started(a, propose_state(n, q->shard, &rep, admin_apply_cb, a));
@@ -1662,6 +1671,7 @@ static void handle_shard_move(struct node *n, struct conn *c,
 {
 	const Rmq__ShardMoveReq *m = req->shard_move;
 	uint64_t target[MAX_IDS], q[MAX_IDS];
+	struct store_shard rec;
 	enum shard_member_role r;
 	char msg[200];
 	size_t k;
@@ -1677,11 +1687,12 @@ static void handle_shard_move(struct node *n, struct conn *c,
 	if (!meta_leader_here(n, c, req->id)) {
 		return;
 	}
-	k = shard_target(n, m->shard, target);
+	shard_record(n, m->shard, &rec);
+	k = record_target(n, &rec, target);
 	if (has_id(target, k, m->to) && !has_id(target, k, m->from)) {
 		/* Asked before (or --wait asking again): say where it is. */
 		Rmq__ShardMoveResp sm = RMQ__SHARD_MOVE_RESP__INIT;
-		sm.done = shard_settled(n, m->shard);
+		sm.done = record_settled(n, &rec);
 		reply_body(c, req->id, RMQ__RESPONSE__BODY_SHARD_MOVE, &sm);
 		return;
 	}
@@ -1725,7 +1736,6 @@ static void handle_shard_move(struct node *n, struct conn *c,
 	}
 	struct admin_req *a = admin_new(n, c, req, m->to, 0);
 	if (a == NULL) {
-		conn_send_error(c, req->id, RMQ_ENOMEM, NULL);
 		return;
 	}
 	LOGI("shard %u: moving a replica from node %" PRIu64 " to node %" PRIu64
