@@ -233,6 +233,36 @@ t_wait_log() {
 	return 1
 }
 
+# t_workload_start DURATION SEED: the chaos workload (3 producers at 100
+# msg/s, 2 consumers, 3 queues) against $SERVERS in the background, its
+# history in $RAFTMQ_DIR/history.jsonl; its pid in T_WORKLOAD.
+t_workload_start() {
+	[[ -x $RAFTMQ_BIN/raftmq-chaos-workload ]] ||
+		t_fail "raftmq-chaos-workload not built in $RAFTMQ_BIN"
+	"$RAFTMQ_BIN/raftmq-chaos-workload" --servers "$SERVERS" \
+		--producers 3 --consumers 2 --queues 3 --rate 100 \
+		--duration "$1" --drain-idle 3 --drain-max 60 --seed "$2" \
+		--history "$RAFTMQ_DIR/history.jsonl" \
+		2>"$RAFTMQ_DIR/workload.log" &
+	T_WORKLOAD=$!
+	T_EXTRA_PIDS+=("$T_WORKLOAD")
+}
+
+# t_workload_check: wait for t_workload_start's workload to drain; fails
+# unless it exited 0 and the chaos history checker passes its history
+# (report in $RAFTMQ_DIR/check.txt).
+t_workload_check() {
+	local rc=0
+	wait "$T_WORKLOAD" || rc=$?
+	tail -n 3 "$RAFTMQ_DIR/workload.log" >&2 || true
+	((rc == 0)) || t_fail "workload exited $rc"
+	"$REPO/tests/chaos/check" "$RAFTMQ_DIR/history.jsonl" \
+		>"$RAFTMQ_DIR/check.txt" 2>&1 || {
+		cat "$RAFTMQ_DIR/check.txt" >&2
+		t_fail "history check failed"
+	}
+}
+
 t_pass() {
 	t_log "PASS${1:+: $1}"
 	exit 0

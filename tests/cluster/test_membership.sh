@@ -11,20 +11,11 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 t_init membership 25100 "${1:-}"
 
-[[ -x $RAFTMQ_BIN/raftmq-chaos-workload ]] ||
-	t_fail "raftmq-chaos-workload not built in $RAFTMQ_BIN"
-CHECK=$REPO/tests/chaos/check
-
 t_start
 SERVERS="$SERVERS,$(t_client_addr 4)"
 export RAFTMQ_SERVERS=$SERVERS
 
-"$RAFTMQ_BIN/raftmq-chaos-workload" --servers "$SERVERS" \
-	--producers 3 --consumers 2 --queues 3 --rate 100 --duration 45 \
-	--drain-idle 3 --drain-max 60 --seed 6 \
-	--history "$RAFTMQ_DIR/history.jsonl" 2>"$RAFTMQ_DIR/workload.log" &
-wl=$!
-T_EXTRA_PIDS+=("$wl")
+t_workload_start 45 6
 sleep 5
 
 t_log "adding node 4"
@@ -53,15 +44,7 @@ done
 [[ -n $led ]] || t_fail "node 2 leads no data shard 60 s after its restart"
 t_log "node 2 leads shard(s) $led $((SECONDS - t0)) s after its restart"
 
-wrc=0
-wait "$wl" || wrc=$?
-tail -n 3 "$RAFTMQ_DIR/workload.log" >&2 || true
-((wrc == 0)) || t_fail "workload exited $wrc"
-
-"$CHECK" "$RAFTMQ_DIR/history.jsonl" >"$RAFTMQ_DIR/check.txt" 2>&1 || {
-	cat "$RAFTMQ_DIR/check.txt" >&2
-	t_fail "history check failed"
-}
+t_workload_check
 tail -n 1 "$RAFTMQ_DIR/check.txt" >&2
 
 # Final shape: nodes 2-4 are the voters of every shard, leaders spread.

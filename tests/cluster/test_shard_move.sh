@@ -14,20 +14,11 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 t_init shard_move 21100 "${1:-}"
 
-[[ -x $RAFTMQ_BIN/raftmq-chaos-workload ]] ||
-	t_fail "raftmq-chaos-workload not built in $RAFTMQ_BIN"
-CHECK=$REPO/tests/chaos/check
-
 t_start
 SERVERS="$SERVERS,$(t_client_addr 4)"
 export RAFTMQ_SERVERS=$SERVERS
 
-"$RAFTMQ_BIN/raftmq-chaos-workload" --servers "$SERVERS" \
-	--producers 3 --consumers 2 --queues 3 --rate 100 --duration 40 \
-	--drain-idle 3 --drain-max 60 --seed 11 \
-	--history "$RAFTMQ_DIR/history.jsonl" 2>"$RAFTMQ_DIR/workload.log" &
-wl=$!
-T_EXTRA_PIDS+=("$wl")
+t_workload_start 40 11
 sleep 3
 
 t_log "adding node 4"
@@ -105,12 +96,5 @@ t_log "$out"
 t_log "killing node $to"
 t_kill "$to"
 
-wrc=0
-wait "$wl" || wrc=$?
-tail -n 3 "$RAFTMQ_DIR/workload.log" >&2 || true
-((wrc == 0)) || t_fail "workload exited $wrc"
-"$CHECK" "$RAFTMQ_DIR/history.jsonl" >"$RAFTMQ_DIR/check.txt" 2>&1 || {
-	cat "$RAFTMQ_DIR/check.txt" >&2
-	t_fail "history check failed"
-}
+t_workload_check
 t_pass "$(tail -n 1 "$RAFTMQ_DIR/check.txt")"
