@@ -22,12 +22,16 @@
 #include <raft.h>
 #include <raft/uv.h>
 
+#define container_of(ptr, type, member) \
+	((type *)((char *)(ptr)-offsetof(type, member)))
+
 struct shard {
 	uv_loop_t *loop;
 	struct raft raft;
 	struct raft_io io;
 	struct raft_uv_transport transport;
 	struct fsm_raft rfsm;
+	struct catchup catchup;
 	struct fsm *fsm;     /* owned */
 	struct store *store; /* owned */
 	struct shard_config config;
@@ -52,6 +56,11 @@ struct shard {
 
 	unsigned changing; /* configuration changes in flight (0 or 1) */
 	bool closing;
+
+	/* Sizing of raft's in-memory log (adapt_log). */
+	uint64_t sized_entries; /* fsm counters at the last sizing */
+	uint64_t sized_bytes;
+	uint64_t entry_bytes; /* average entry size, smoothed */
 
 	shard_close_cb close_cb;
 	void *close_data;
@@ -170,6 +179,76 @@ static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
 	return rv;
 }
 
+/* raft_uv's methods, through catchup (see catchup.h). */
+static int snapshot_put_cb(struct raft_io *io, unsigned trailing,
+			   struct raft_io_snapshot_put *req,
+			   const struct raft_snapshot *snapshot,
+			   raft_io_snapshot_put_cb cb)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	return catchup_snapshot_put(&s->catchup, trailing, req, snapshot, cb);
+}
+
+static int append_cb(struct raft_io *io, struct raft_io_append *req,
+		     const struct raft_entry entries[], unsigned n,
+		     raft_io_append_cb cb)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	return catchup_append(&s->catchup, req, entries, n, cb);
+}
+
+/* raft keeps in memory every entry since its last snapshot plus
+ * snapshot_trailing entries before it: about (threshold + trailing) x the
+ * average entry size. Both are counted in entries and an entry is a batch
+ * of any size, so derive them from the bytes budget and the entries seen,
+ * never above the configured counts. */
+#define SHARD_ASSUMED_ENTRY_BYTES (64u * 1024) /* until entries are seen */
+#define SHARD_MIN_LOG_ENTRIES 8
+
+static void size_log(struct shard *s)
+{
+	uint64_t per = s->config.log_cache_bytes / (2 * s->entry_bytes);
+	if (per < SHARD_MIN_LOG_ENTRIES) {
+		per = SHARD_MIN_LOG_ENTRIES;
+	}
+	unsigned threshold = per < s->config.snapshot_threshold
+				     ? (unsigned)per
+				     : s->config.snapshot_threshold;
+	unsigned trailing = per < s->config.snapshot_trailing
+				    ? (unsigned)per
+				    : s->config.snapshot_trailing;
+	if (s->config.log_cache_bytes == 0) {
+		threshold = s->config.snapshot_threshold;
+		trailing = s->config.snapshot_trailing;
+	}
+	raft_set_snapshot_threshold(&s->raft, threshold);
+	raft_set_snapshot_trailing(&s->raft, trailing);
+}
+
+/* Re-size once enough was applied to say something about entry sizes. */
+static void adapt_log(struct shard *s)
+{
+	uint64_t n = s->rfsm.applied_entries - s->sized_entries;
+	uint64_t bytes = s->rfsm.applied_bytes - s->sized_bytes;
+	if (n < 16 && bytes < s->config.log_cache_bytes / 8) {
+		return;
+	}
+	uint64_t avg = n > 0 ? bytes / n : s->entry_bytes;
+	/* Bigger entries count at once, smaller ones slowly: the log must
+	 * not outgrow the budget while batches grow. */
+	if (avg >= s->entry_bytes) {
+		s->entry_bytes = avg;
+	} else {
+		s->entry_bytes = (3 * s->entry_bytes + avg) / 4;
+	}
+	if (s->entry_bytes < 64) {
+		s->entry_bytes = 64;
+	}
+	s->sized_entries = s->rfsm.applied_entries;
+	s->sized_bytes = s->rfsm.applied_bytes;
+	size_log(s);
+}
+
 static int make_dir(const char *path)
 {
 	if (mkdir(path, 0750) != 0 && errno != EEXIST) {
@@ -239,8 +318,9 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	if (rv != 0) {
 		goto err_after_store;
 	}
-	fsm_raft_init(&s->rfsm, s->fsm, s->store, &s->raft, c->id,
-		      c->snapshot_max_bytes);
+	fsm_raft_init(&s->rfsm, s->fsm, s->store, &s->raft, c->id);
+	s->rfsm.node_id = c->node_id;
+	s->rfsm.cluster_id = c->cluster_id;
 	s->rfsm.restored_cb = restored_cb;
 	s->rfsm.fatal_cb = fatal_cb;
 	s->rfsm.cb_arg = s;
@@ -281,6 +361,13 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 		goto err_after_fsm;
 	}
 	s->raft.data = s;
+	catchup_init(&s->catchup, loop, &s->raft, &s->io, s->store, net,
+		     &s->transport, c->id, c->node_id, s->dir, &so);
+	s->catchup.restored_cb = restored_cb;
+	s->catchup.fatal_cb = fatal_cb;
+	s->catchup.cb_arg = s;
+	s->io.snapshot_put = snapshot_put_cb;
+	s->io.append = append_cb;
 	shard_tune_raft(&s->raft, c);
 	/* A new replica is promoted to voter once one catch-up round takes
 	 * less than an election timeout; under a steady load the first rounds
@@ -291,8 +378,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	 * long (a dead or wedged new replica), so that other configuration
 	 * changes, such as removing it, can go ahead. */
 	raft_set_max_catch_up_round_duration(&s->raft, 15000);
-	raft_set_snapshot_threshold(&s->raft, c->snapshot_threshold);
-	raft_set_snapshot_trailing(&s->raft, c->snapshot_trailing);
+	s->entry_bytes = SHARD_ASSUMED_ENTRY_BYTES;
+	size_log(s);
 	/* raft 0.15 waits this long before sending a snapshot again when the
 	 * last attempt went unanswered (its default is 30 s): a follower that
 	 * was down while the leader first tried would lag that long. */
@@ -360,12 +447,19 @@ static void shard_raft_closed_cb(struct raft *r)
 	}
 }
 
+static void catchup_closed_cb(struct catchup *c)
+{
+	struct shard *s = container_of(c, struct shard, catchup);
+	raft_close(&s->raft, shard_raft_closed_cb);
+}
+
 void shard_close(struct shard *s, shard_close_cb cb, void *data)
 {
 	s->close_cb = cb;
 	s->close_data = data;
 	s->closing = true;
-	raft_close(&s->raft, shard_raft_closed_cb);
+	/* Workers of catchup use the store: they end first. */
+	catchup_close(&s->catchup, catchup_closed_cb);
 }
 
 static void apply_cb(struct raft_apply *req, int status, void *result)
@@ -476,6 +570,7 @@ void shard_poll(struct shard *s)
 	enum shard_role role = SHARD_FOLLOWER;
 	uint64_t term = s->raft.current_term;
 
+	adapt_log(s);
 	if (raft_state(&s->raft) == RAFT_LEADER) {
 		role = SHARD_LEADER_PENDING;
 		if (s->barrier_term == term) {
@@ -496,6 +591,16 @@ void shard_poll(struct shard *s)
 			s->hooks.role(s->hooks.data, s, role, term);
 		}
 	}
+}
+
+void shard_stats(struct shard *s, struct shard_stats *out)
+{
+	out->snapshots = s->rfsm.snapshots;
+	out->restores = s->rfsm.restores;
+	out->fetches = s->catchup.fetches;
+	out->served = s->catchup.served;
+	out->snapshot_threshold = s->raft.snapshot.threshold;
+	out->snapshot_trailing = s->raft.snapshot.trailing;
 }
 
 uint32_t shard_id(const struct shard *s)

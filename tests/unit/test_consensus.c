@@ -2,12 +2,14 @@
  * raft_fixture: replication to every replica, leader change, idempotent
  * replay by raft index, and snapshot install on a lagging follower. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -58,8 +60,7 @@ static int setup(void **state)
 	assert_int_equal(raft_fixture_initialize(&x->f), 0);
 	for (unsigned i = 0; i < N; i++) {
 		replica_open(&x->r[i]);
-		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1,
-			      64u << 20);
+		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1);
 		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm), 0);
 		x->r[i].fr.raft = raft_fixture_get(&x->f, i);
 	}
@@ -270,6 +271,90 @@ static void returning_follower_does_not_depose_leader(void **state)
 	wait_applied(x, f, raft_last_index(raft_fixture_get(&x->f, l)));
 }
 
+/* Snapshots are descriptors: on raft_fixture (no catchup.c), a follower
+ * behind one gets the state the way catchup.c does it, through the store's
+ * state stream, before the fixture's snapshot_put runs. */
+static struct fix *copy_fix;
+static unsigned copy_from;
+static unsigned copies;
+static int (*fixture_put)(struct raft_io *io, unsigned trailing,
+			  struct raft_io_snapshot_put *req,
+			  const struct raft_snapshot *snapshot,
+			  raft_io_snapshot_put_cb cb);
+
+struct membuf {
+	uint8_t *p;
+	size_t len;
+	size_t off;
+};
+
+static int mem_write(void *arg, const void *buf, size_t len)
+{
+	struct membuf *m = arg;
+	m->p = realloc(m->p, m->len + len);
+	assert_non_null(m->p);
+	memcpy(m->p + m->len, buf, len);
+	m->len += len;
+	return 0;
+}
+
+static int mem_read(void *arg, void *buf, size_t len, size_t *got)
+{
+	struct membuf *m = arg;
+	size_t n = m->len - m->off < len ? m->len - m->off : len;
+	memcpy(buf, m->p + m->off, n);
+	m->off += n;
+	*got = n;
+	return 0;
+}
+
+static uint64_t store_index(struct store *s)
+{
+	struct store_txn *t;
+	uint64_t index;
+	assert_int_equal(store_begin(s, false, &t), 0);
+	assert_int_equal(store_applied_get(t, &index), 0);
+	store_abort(t);
+	return index;
+}
+
+static int copying_put(struct raft_io *io, unsigned trailing,
+		       struct raft_io_snapshot_put *req,
+		       const struct raft_snapshot *snapshot,
+		       raft_io_snapshot_put_cb cb)
+{
+	struct fix *x = copy_fix;
+	struct fsm_descriptor d;
+	assert_int_equal(fsm_descriptor_decode(snapshot->bufs[0].base,
+					       snapshot->bufs[0].len, &d),
+			 0);
+	for (unsigned i = 0; i < N; i++) {
+		struct replica *r = &x->r[i];
+		if (raft_fixture_get(&x->f, i)->io != io ||
+		    store_index(r->store) >= d.index) {
+			continue;
+		}
+		struct membuf m = {0};
+		struct store_options o = {.map_size = 64u << 20};
+		char dir[128], cmd[160];
+		uint64_t got;
+		assert_int_equal(store_stream_write(x->r[copy_from].store,
+						    mem_write, &m, &got),
+				 0);
+		snprintf(dir, sizeof dir, "%s/fetch", r->dir);
+		assert_int_equal(mkdir(dir, 0700), 0);
+		assert_int_equal(store_stream_read(dir, &o, mem_read, &m,
+						   d.index, &got),
+				 0);
+		assert_int_equal(store_replace(r->store, dir), 0);
+		snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+		assert_int_equal(system(cmd), 0);
+		free(m.p);
+		copies++;
+	}
+	return fixture_put(io, trailing, req, snapshot, cb);
+}
+
 static void snapshot_install_lagging_follower_catches_up(void **state)
 {
 	struct fix *x = *state;
@@ -277,6 +362,12 @@ static void snapshot_install_lagging_follower_catches_up(void **state)
 	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
 	unsigned l = raft_fixture_leader_index(&x->f);
 	unsigned lag = (l + 1) % N;
+	struct raft_io *lag_io = raft_fixture_get(&x->f, lag)->io;
+	copy_fix = x;
+	copy_from = l;
+	copies = 0;
+	fixture_put = lag_io->snapshot_put;
+	lag_io->snapshot_put = copying_put;
 	for (unsigned i = 0; i < N; i++) {
 		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
 		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
@@ -299,6 +390,69 @@ static void snapshot_install_lagging_follower_catches_up(void **state)
 	assert_true(strlen(a) > 0);
 	assert_string_equal(a, b);
 	assert_non_null(strstr(b, "31=s-31,"));
+	/* The install carried a descriptor; the state came by the stream. */
+	assert_int_equal(copies, 1);
+	assert_int_equal(x->r[lag].fr.restores, 1);
+}
+
+static void barrier_cb(struct raft_barrier *req, int status)
+{
+	(void)status;
+	free(req);
+}
+
+/* Barriers and configuration entries leave no trace in the store: a
+ * descriptor taken after one must name the store's index, or no store
+ * would ever be found to cover it. */
+static void snapshot_after_barrier_names_store_index(void **state)
+{
+	struct fix *x = *state;
+	struct raft_buffer *bufs;
+	unsigned n_bufs;
+	struct fsm_descriptor d;
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	struct raft *r = raft_fixture_get(&x->f, l);
+	propose(x, make_cmd("q", true, "b", 2, 1));
+	struct raft_barrier *b = calloc(1, sizeof *b);
+	assert_int_equal(raft_barrier(r, b, barrier_cb), 0);
+	raft_index idx = raft_last_index(r);
+	wait_applied(x, l, idx);
+	uint64_t stored = store_index(x->r[l].store);
+	assert_true(raft_last_applied(r) > stored);
+	assert_int_equal(
+		x->r[l].fr.rfsm.snapshot(&x->r[l].fr.rfsm, &bufs, &n_bufs), 0);
+	assert_int_equal(fsm_descriptor_decode(bufs[0].base, bufs[0].len, &d),
+			 0);
+	assert_int_equal(d.index, stored);
+	x->r[l].fr.rfsm.snapshot_finalize(&x->r[l].fr.rfsm, &bufs, &n_bufs);
+}
+
+static void restore_of_descriptor_ahead_of_store_fails(void **state)
+{
+	(void)state;
+	struct replica r;
+	struct fsm_raft fr;
+	uint8_t desc[FSM_DESCRIPTOR_LEN];
+	struct fsm_descriptor d = {.shard_id = 1, .index = 5, .node_id = 2};
+	struct raft_buffer buf = {.base = desc, .len = sizeof desc};
+
+	replica_open(&r);
+	fsm_raft_init(&fr, r.fsm, r.store, NULL, 1);
+	fsm_descriptor_encode(&d, desc);
+	/* Store at 0, descriptor at 5: the state is not here. */
+	assert_int_not_equal(fr.rfsm.restore(&fr.rfsm, &buf), 0);
+	/* Another shard's descriptor, and a damaged one. */
+	d.index = 0;
+	d.shard_id = 2;
+	fsm_descriptor_encode(&d, desc);
+	assert_int_not_equal(fr.rfsm.restore(&fr.rfsm, &buf), 0);
+	d.shard_id = 1;
+	fsm_descriptor_encode(&d, desc);
+	desc[20] ^= 1;
+	assert_int_not_equal(fr.rfsm.restore(&fr.rfsm, &buf), 0);
+	assert_int_equal(fr.restores, 0);
+	replica_close(&r);
 }
 
 /* Re-applying entries after a restart must not change the state. */
@@ -434,7 +588,6 @@ static void uvrun_open(struct uvrun *u, const char *dir, const char *addr)
 		.heartbeat_timeout_ms = 20,
 		.snapshot_threshold = 100000,
 		.snapshot_trailing = 100,
-		.snapshot_max_bytes = 1u << 20,
 		.map_size = 64u << 20,
 	};
 	struct shard_hooks hooks = {0};
@@ -520,8 +673,287 @@ static void uv_restart_rebuilds_state_from_log(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* ---- three real raft_uv replicas on one loop ---------------------------- */
+
+struct cnode {
+	char dir[64];
+	char addr[32];
+	struct peer_net *net;
+	struct shard *shard;
+	bool closed;
+};
+
+struct cl {
+	uv_loop_t loop;
+	uv_timer_t timer;
+	struct cnode n[N];
+	unsigned proposed;
+	unsigned applied;
+	bool (*until)(struct cl *c);
+	uint64_t deadline;
+};
+
+static void cl_tick_cb(uv_timer_t *t)
+{
+	struct cl *c = t->data;
+	for (unsigned i = 0; i < N; i++) {
+		if (c->n[i].shard != NULL) {
+			shard_poll(c->n[i].shard);
+		}
+	}
+	if (c->until(c) || uv_now(&c->loop) > c->deadline) {
+		uv_stop(&c->loop);
+	}
+}
+
+static bool cl_wait(struct cl *c, bool (*until)(struct cl *c))
+{
+	c->until = until;
+	c->deadline = uv_now(&c->loop) + 20000;
+	uv_timer_start(&c->timer, cl_tick_cb, 5, 5);
+	uv_run(&c->loop, UV_RUN_DEFAULT);
+	uv_timer_stop(&c->timer);
+	return until(c);
+}
+
+static void cl_open(struct cl *c, unsigned i)
+{
+	struct cnode *n = &c->n[i];
+	struct peer_net_config pc = {
+		.node_id = i + 1,
+		.cluster_id = 7,
+		.peer_address = n->addr,
+		.client_address = "127.0.0.1:1",
+	};
+	struct shard_config sc = {
+		.id = 1,
+		.node_id = i + 1,
+		.peer_address = n->addr,
+		.dir = n->dir,
+		.election_timeout_ms = 200,
+		.heartbeat_timeout_ms = 20,
+		.cluster_id = 7,
+		.snapshot_threshold = 8,
+		.snapshot_trailing = 4,
+		.map_size = 64u << 20,
+	};
+	struct shard_hooks hooks = {0};
+	uint64_t ids[N];
+	const char *addrs[N];
+	for (unsigned k = 0; k < N; k++) {
+		ids[k] = k + 1;
+		addrs[k] = c->n[k].addr;
+	}
+	assert_int_equal(peer_net_init(&c->loop, &pc, &n->net), 0);
+	assert_int_equal(peer_net_listen(n->net), 0);
+	assert_int_equal(shard_open(&c->loop, n->net, &sc, &hooks, &n->shard),
+			 0);
+	int rv = shard_bootstrap(n->shard, ids, addrs, N);
+	if (rv != 0 && rv != RMQ_EEXISTS) {
+		fail_msg("bootstrap node %u: %d", i + 1, rv);
+	}
+	assert_int_equal(shard_start(n->shard), 0);
+	n->closed = false;
+}
+
+static void cl_shard_closed_cb(struct shard *s, void *data)
+{
+	struct cnode *n = data;
+	(void)s;
+	n->closed = true;
+}
+
+static bool cl_closed_all(struct cl *c)
+{
+	for (unsigned i = 0; i < N; i++) {
+		if (c->n[i].shard == NULL && !c->n[i].closed) {
+			return false;
+		}
+	}
+	return true;
+}
+
+static void cl_close(struct cl *c, unsigned i)
+{
+	struct cnode *n = &c->n[i];
+	shard_close(n->shard, cl_shard_closed_cb, n);
+	n->shard = NULL;
+	assert_true(cl_wait(c, cl_closed_all));
+	peer_net_close(n->net, uv_net_closed_cb);
+	n->net = NULL;
+}
+
+static int cl_leader(struct cl *c)
+{
+	for (unsigned i = 0; i < N; i++) {
+		if (c->n[i].shard != NULL &&
+		    shard_role(c->n[i].shard) == SHARD_LEADER) {
+			return (int)i;
+		}
+	}
+	return -1;
+}
+
+static bool cl_has_leader(struct cl *c)
+{
+	return cl_leader(c) >= 0;
+}
+
+static void cl_apply_cb(void *data, int status, const struct fsm_result *r)
+{
+	struct cl *c = data;
+	(void)r;
+	if (status == 0) {
+		c->applied++;
+	}
+}
+
+static bool cl_all_applied(struct cl *c)
+{
+	return c->applied == c->proposed;
+}
+
+/* Publish @n entries of one message each through the leader. */
+static void cl_publish(struct cl *c, unsigned n, uint64_t pseq0)
+{
+	assert_true(cl_wait(c, cl_has_leader));
+	struct shard *l = c->n[cl_leader(c)].shard;
+	for (unsigned i = 0; i < n; i++) {
+		struct raft_buffer b =
+			make_cmd("q", pseq0 == 1 && i == 0, "m", 1, pseq0 + i);
+		Rmqc__Command *cmd = rmqc__command__unpack(
+			NULL, codec_get_u32be((uint8_t *)b.base + 4),
+			(uint8_t *)b.base + 8);
+		assert_non_null(cmd);
+		assert_int_equal(shard_propose(l, cmd, cl_apply_cb, c), 0);
+		c->proposed++;
+		rmqc__command__free_unpacked(cmd, NULL);
+		raft_free(b.base);
+	}
+	assert_true(cl_wait(c, cl_all_applied));
+}
+
+static unsigned cl_lag;
+
+static bool cl_lag_caught_up(struct cl *c)
+{
+	int l = cl_leader(c);
+	/* The last entry may be a barrier, which the store does not see. */
+	return l >= 0 && c->n[cl_lag].shard != NULL &&
+	       shard_applied_index(c->n[cl_lag].shard) >=
+		       shard_applied_index(c->n[l].shard) &&
+	       store_index(shard_store(c->n[cl_lag].shard)) ==
+		       store_index(shard_store(c->n[l].shard));
+}
+
+static void dump_store(struct store *st, char *out, size_t cap)
+{
+	struct store_txn *t;
+	struct store_queue q;
+	struct store_msg m;
+	size_t len = 0;
+	out[0] = '\0';
+	assert_int_equal(store_begin(st, false, &t), 0);
+	if (store_queue_get(t, "q", &q) == 0) {
+		uint64_t from = 1;
+		while (store_msg_next(t, q.qid, from, &m) == 0) {
+			len += (size_t)snprintf(out + len, cap - len,
+						"%llu=%.*s,",
+						(unsigned long long)m.seq,
+						(int)m.body_len, m.body);
+			from = m.seq + 1;
+		}
+	}
+	store_abort(t);
+}
+
+/* A replica down while the others snapshot past its log fetches the state
+ * from a peer over the peer port and ends identical; restarted, it finds
+ * the state in its own store and copies nothing. */
+static void uv_install_fetches_state_then_restart_copies_nothing(void **state)
+{
+	(void)state;
+	static char a[1 << 16], b[1 << 16];
+	struct cl *c = calloc(1, sizeof *c);
+	struct shard_stats st;
+	char cmd[256];
+	int base = 24000 + (int)(getpid() % 2000) * 3;
+
+	assert_int_equal(uv_loop_init(&c->loop), 0);
+	uv_timer_init(&c->loop, &c->timer);
+	c->timer.data = c;
+	for (unsigned i = 0; i < N; i++) {
+		snprintf(c->n[i].dir, sizeof c->n[i].dir, "/tmp/rmq-cl-XXXXXX");
+		assert_non_null(mkdtemp(c->n[i].dir));
+		snprintf(c->n[i].addr, sizeof c->n[i].addr, "127.0.0.1:%d",
+			 base + (int)i);
+	}
+	for (unsigned i = 0; i < N; i++) {
+		cl_open(c, i);
+	}
+	cl_publish(c, 10, 1);
+	cl_lag = ((unsigned)cl_leader(c) + 1) % N;
+	cl_close(c, cl_lag);
+	cl_publish(c, 60, 11); /* several snapshots of 8 entries */
+	/* Snapshots run in the background (the store's fsync first): go on
+	 * until the leader has taken a few, so its log no longer reaches
+	 * back to the lagging replica's. */
+	uint64_t next = 71;
+	for (unsigned k = 0; k < 40; k++) {
+		struct shard_stats d;
+		shard_stats(c->n[cl_leader(c)].shard, &d);
+		if (d.snapshots >= 4) {
+			break;
+		}
+		cl_publish(c, 8, next);
+		next += 8;
+	}
+
+	cl_open(c, cl_lag);
+	assert_true(cl_wait(c, cl_lag_caught_up));
+	shard_stats(c->n[cl_lag].shard, &st);
+	assert_int_equal(st.fetches, 1);
+	dump_store(shard_store(c->n[cl_leader(c)].shard), a, sizeof a);
+	dump_store(shard_store(c->n[cl_lag].shard), b, sizeof b);
+	assert_non_null(strstr(a, "70=m-70,"));
+	assert_string_equal(a, b);
+
+	/* More entries, then a restart: the snapshot it loads is covered by
+	 * its store. */
+	cl_publish(c, 20, next);
+	next += 20;
+	assert_true(cl_wait(c, cl_lag_caught_up));
+	cl_close(c, cl_lag);
+	cl_open(c, cl_lag);
+	assert_true(cl_wait(c, cl_lag_caught_up));
+	shard_stats(c->n[cl_lag].shard, &st);
+	assert_int_equal(st.fetches, 0);
+	assert_int_equal(st.restores, 1);
+	dump_store(shard_store(c->n[cl_leader(c)].shard), a, sizeof a);
+	dump_store(shard_store(c->n[cl_lag].shard), b, sizeof b);
+	char last[64];
+	snprintf(last, sizeof last, "%llu=m-%llu,",
+		 (unsigned long long)(next - 1),
+		 (unsigned long long)(next - 1));
+	assert_non_null(strstr(a, last));
+	assert_string_equal(a, b);
+
+	for (unsigned i = 0; i < N; i++) {
+		cl_close(c, i);
+	}
+	uv_close((uv_handle_t *)&c->timer, NULL);
+	uv_run(&c->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&c->loop), 0);
+	for (unsigned i = 0; i < N; i++) {
+		snprintf(cmd, sizeof cmd, "rm -rf %s", c->n[i].dir);
+		assert_int_equal(system(cmd), 0);
+	}
+	free(c);
+}
+
 int main(void)
 {
+	signal(SIGPIPE, SIG_IGN); /* as raftmqd: peers hang up */
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(
 			replicate_publish_all_replicas_hold_same_messages,
@@ -534,9 +966,15 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			snapshot_install_lagging_follower_catches_up, setup,
 			teardown),
+		cmocka_unit_test_setup_teardown(
+			snapshot_after_barrier_names_store_index, setup,
+			teardown),
+		cmocka_unit_test(restore_of_descriptor_ahead_of_store_fails),
 		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
 		cmocka_unit_test(apply_publish_unknown_queue_is_business_error),
 		cmocka_unit_test(uv_restart_rebuilds_state_from_log),
+		cmocka_unit_test(
+			uv_install_fetches_state_then_restart_copies_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
