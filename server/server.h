@@ -167,7 +167,7 @@ struct node {
 	bool fatal;                            /* a shard stopped applying */
 	uint64_t started_ms;
 	bool serving; /* the client listener is up */
-	bool joined; /* joined a running cluster (--join), not bootstrapped */
+	bool joined;  /* joined a running cluster (--join), not bootstrapped */
 	struct members *members; /* owned: see members.c */
 	bool stopping;
 	int exit_code;
