@@ -38,10 +38,11 @@ struct shard {
 	char *dir;          /* owned */
 	char *peer_address; /* owned */
 	struct shard_hooks hooks;
-	/* Wrapped: raft_uv's start (to see incoming messages) and the FSM's
-	 * apply (to time it). */
+	/* Wrapped: raft_uv's start (to see incoming messages and ticks) and
+	 * the FSM's apply (to time it). */
 	int (*io_start)(struct raft_io *io, unsigned msecs,
 			raft_io_tick_cb tick, raft_io_recv_cb recv);
+	raft_io_tick_cb raft_tick;
 	raft_io_recv_cb raft_recv;
 	int (*fsm_apply)(struct raft_fsm *fsm, const struct raft_buffer *buf,
 			 void **result);
@@ -157,13 +158,22 @@ static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 	s->raft_recv(io, m);
 }
 
+/* Every tick of raft passes here: see catchup_hold_election(). */
+static void io_tick_cb(struct raft_io *io)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	catchup_hold_election(&s->raft);
+	s->raft_tick(io);
+}
+
 static int io_start_cb(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
 		       raft_io_recv_cb recv)
 {
 	struct shard *s =
 		(struct shard *)((char *)io - offsetof(struct shard, io));
+	s->raft_tick = tick;
 	s->raft_recv = recv;
-	return s->io_start(io, msecs, tick, io_recv_cb);
+	return s->io_start(io, msecs, io_tick_cb, io_recv_cb);
 }
 
 static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,

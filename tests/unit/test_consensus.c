@@ -16,6 +16,7 @@
 #include <raft.h>
 #include <raft/fixture.h>
 
+#include "catchup.h"
 #include "fsm.h"
 #include "shard.h"
 #include "store.h"
@@ -53,7 +54,39 @@ static void replica_close(struct replica *r)
 	assert_int_equal(system(cmd), 0);
 }
 
-static int setup(void **state)
+/* Ticks of the fixture's servers pass through catchup_hold_election(), as
+ * shard.c makes those of raft_uv do (setup_guarded). */
+static struct raft_fixture *guard_f;
+static raft_io_tick_cb guard_tick[N];
+static int (*guard_start[N])(struct raft_io *io, unsigned msecs,
+			     raft_io_tick_cb tick, raft_io_recv_cb recv);
+
+static unsigned guard_index(struct raft_io *io)
+{
+	for (unsigned i = 0; i < N; i++) {
+		if (raft_fixture_get(guard_f, i)->io == io) {
+			return i;
+		}
+	}
+	fail_msg("unknown raft_io");
+	return 0;
+}
+
+static void guarded_tick(struct raft_io *io)
+{
+	catchup_hold_election(io->data);
+	guard_tick[guard_index(io)](io);
+}
+
+static int guarded_start(struct raft_io *io, unsigned msecs,
+			 raft_io_tick_cb tick, raft_io_recv_cb recv)
+{
+	unsigned i = guard_index(io);
+	guard_tick[i] = tick;
+	return guard_start[i](io, msecs, guarded_tick, recv);
+}
+
+static int setup_fixture(void **state, bool guarded)
 {
 	struct fix *x = calloc(1, sizeof *x);
 	struct raft_configuration conf;
@@ -63,6 +96,12 @@ static int setup(void **state)
 		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1);
 		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm), 0);
 		x->r[i].fr.raft = raft_fixture_get(&x->f, i);
+		if (guarded) {
+			struct raft_io *io = raft_fixture_get(&x->f, i)->io;
+			guard_f = &x->f;
+			guard_start[i] = io->start;
+			io->start = guarded_start;
+		}
 	}
 	assert_int_equal(raft_fixture_configuration(&x->f, N, &conf), 0);
 	assert_int_equal(raft_fixture_bootstrap(&x->f, &conf), 0);
@@ -70,6 +109,16 @@ static int setup(void **state)
 	assert_int_equal(raft_fixture_start(&x->f), 0);
 	*state = x;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_fixture(state, false);
+}
+
+static int setup_guarded(void **state)
+{
+	return setup_fixture(state, true);
 }
 
 static int teardown(void **state)
@@ -318,10 +367,9 @@ static uint64_t store_index(struct store *s)
 	return index;
 }
 
-static int copying_put(struct raft_io *io, unsigned trailing,
-		       struct raft_io_snapshot_put *req,
-		       const struct raft_snapshot *snapshot,
-		       raft_io_snapshot_put_cb cb)
+/* What catchup.c does before an install reaches raft_uv: bring the store
+ * of the replica whose io is @io up to the descriptor, from copy_from's. */
+static void copy_state(struct raft_io *io, const struct raft_snapshot *snapshot)
 {
 	struct fix *x = copy_fix;
 	struct fsm_descriptor d;
@@ -352,6 +400,14 @@ static int copying_put(struct raft_io *io, unsigned trailing,
 		free(m.p);
 		copies++;
 	}
+}
+
+static int copying_put(struct raft_io *io, unsigned trailing,
+		       struct raft_io_snapshot_put *req,
+		       const struct raft_snapshot *snapshot,
+		       raft_io_snapshot_put_cb cb)
+{
+	copy_state(io, snapshot);
 	return fixture_put(io, trailing, req, snapshot, cb);
 }
 
@@ -391,6 +447,114 @@ static void snapshot_install_lagging_follower_catches_up(void **state)
 	assert_string_equal(a, b);
 	assert_non_null(strstr(b, "31=s-31,"));
 	/* The install carried a descriptor; the state came by the stream. */
+	assert_int_equal(copies, 1);
+	assert_int_equal(x->r[lag].fr.restores, 1);
+}
+
+/* An install's put held, as catchup.c holds it while it fetches. */
+static struct {
+	struct raft_io *io;
+	unsigned trailing;
+	struct raft_io_snapshot_put *req;
+	const struct raft_snapshot *snapshot;
+	raft_io_snapshot_put_cb cb;
+} held;
+
+static int holding_put(struct raft_io *io, unsigned trailing,
+		       struct raft_io_snapshot_put *req,
+		       const struct raft_snapshot *snapshot,
+		       raft_io_snapshot_put_cb cb)
+{
+	if (trailing != 0) {
+		return fixture_put(io, trailing, req, snapshot, cb);
+	}
+	assert_null(held.io);
+	held.io = io;
+	held.trailing = trailing;
+	held.req = req;
+	held.snapshot = snapshot;
+	held.cb = cb;
+	return 0;
+}
+
+/* raft_uv would dereference the address of a message to a server it has
+ * no connection to yet (strlen(NULL): SIGSEGV). */
+static int (*fixture_send)(struct raft_io *io, struct raft_io_send *req,
+			   const struct raft_message *message,
+			   raft_io_send_cb cb);
+
+static int checking_send(struct raft_io *io, struct raft_io_send *req,
+			 const struct raft_message *message, raft_io_send_cb cb)
+{
+	assert_in_range(message->server_id, 1, N);
+	assert_non_null(message->server_address);
+	return fixture_send(io, req, message, cb);
+}
+
+/* The seed-109 crash: a lagging follower receives a snapshot and its
+ * install waits for the state (seconds, in raftmq); meanwhile its leader
+ * goes away. raft 0.15 would make it a candidate, and the install's
+ * callback would then read the candidate's state as the follower's (the
+ * leader's address: SIGSEGV in raftmqd). It must stay a follower until
+ * the install is over, then catch up like the others. */
+static void install_in_progress_follower_stays_follower(void **state)
+{
+	struct fix *x = *state;
+	char a[65536], b[65536];
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	unsigned lag = (l + 1) % N;
+	struct raft *lag_raft = raft_fixture_get(&x->f, lag);
+	copy_fix = x;
+	copy_from = l;
+	copies = 0;
+	memset(&held, 0, sizeof held);
+	fixture_put = lag_raft->io->snapshot_put;
+	lag_raft->io->snapshot_put = holding_put;
+	fixture_send = lag_raft->io->send;
+	lag_raft->io->send = checking_send;
+	for (unsigned i = 0; i < N; i++) {
+		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
+		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
+	}
+	raft_fixture_kill(&x->f, lag);
+	propose(x, make_cmd("q", true, "s", 1, 1));
+	for (unsigned k = 0; k < 30; k++) {
+		propose(x, make_cmd("q", false, "s", 1, 2 + k));
+		raft_fixture_step_n(&x->f, 5);
+	}
+	wait_applied(x, l, raft_last_index(raft_fixture_get(&x->f, l)));
+	raft_fixture_step_until_elapsed(&x->f, 500);
+	assert_true(raft_fixture_get(&x->f, l)->log.snapshot.last_index > 0);
+	raft_fixture_revive(&x->f, lag);
+	for (unsigned k = 0; k < 1000 && held.io == NULL; k++) {
+		raft_fixture_step(&x->f);
+	}
+	assert_ptr_equal(held.io, lag_raft->io);
+
+	/* Ten election timeouts without a leader while the put waits. */
+	raft_fixture_kill(&x->f, l);
+	for (unsigned k = 0; k < 100; k++) {
+		raft_fixture_step_until_elapsed(&x->f, 100);
+		assert_int_equal(raft_state(lag_raft), RAFT_FOLLOWER);
+	}
+
+	/* The state arrives: the install completes. */
+	copy_state(held.io, held.snapshot);
+	assert_int_equal(fixture_put(held.io, held.trailing, held.req,
+				     held.snapshot, held.cb),
+			 0);
+	raft_fixture_revive(&x->f, l);
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 20000));
+	propose(x, make_cmd("q", false, "s", 1, 32));
+	unsigned now = raft_fixture_leader_index(&x->f);
+	raft_index idx = raft_last_index(raft_fixture_get(&x->f, now));
+	wait_applied(x, now, idx);
+	wait_applied(x, lag, idx);
+	dump(x, now, "q", a, sizeof a);
+	dump(x, lag, "q", b, sizeof b);
+	assert_non_null(strstr(a, "32=s-32,"));
+	assert_string_equal(a, b);
 	assert_int_equal(copies, 1);
 	assert_int_equal(x->r[lag].fr.restores, 1);
 }
@@ -966,6 +1130,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			snapshot_install_lagging_follower_catches_up, setup,
 			teardown),
+		cmocka_unit_test_setup_teardown(
+			install_in_progress_follower_stays_follower,
+			setup_guarded, teardown),
 		cmocka_unit_test_setup_teardown(
 			snapshot_after_barrier_names_store_index, setup,
 			teardown),
