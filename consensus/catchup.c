@@ -10,11 +10,11 @@
  * then raft_uv's snapshot_put, then submits the appends held meanwhile.
  *
  * Failure modes: no peer gives a copy at or past the index (down, behind,
- * a broken stream): retry every second, and log (a replica elected leader
- * meanwhile commits nothing until then; if the only peers whose store
- * could reach the index need this replica to commit it, the shard waits
- * for another peer to return); the store cannot be synced or reopened:
- * fatal_cb; closing: workers stop at their next read or write, the waiting put fails with
+ * a broken stream): retry every second, and log (the replica stays a
+ * follower until then; if the only peers whose store could reach the
+ * index need this replica to commit it, the shard waits for another peer
+ * to return); the store cannot be synced or reopened: fatal_cb; closing:
+ * workers stop at their next read or write, the waiting put fails with
  * RAFT_CANCELED and the held appends with RAFT_CANCELED.
  *
  * Serving: peer_net hands over a fetch connection; its fd is duplicated
@@ -271,16 +271,12 @@ static void fetch_after_cb(uv_work_t *w, int status)
 		c->failed_rounds++;
 		if (c->failed_rounds == 1 || c->failed_rounds % 30 == 0) {
 			/* Until a peer's store reaches the index, this
-			 * replica acks nothing of the shard (nor commits, if
-			 * it was elected meanwhile). */
+			 * replica acks nothing of the shard. */
 			fprintf(stderr,
 				"raftmq: shard %u: no peer could give the "
-				"state at index %llu yet (%s); retrying%s\n",
+				"state at index %llu yet (%s); retrying\n",
 				c->shard_id, (unsigned long long)c->put.index,
-				codec_strerror(rv),
-				raft_state(c->raft) == RAFT_LEADER
-					? " (as leader: nothing commits meanwhile)"
-					: "");
+				codec_strerror(rv));
 		}
 		c->state = CATCHUP_RETRY;
 		uv_timer_start(&c->retry, retry_cb, CATCHUP_RETRY_MS, 0);
@@ -365,7 +361,14 @@ static void finish_put(struct catchup *c, int status)
 				 cb);
 	}
 	if (rv != 0) {
-		cb(req, rv); /* nothing of this snapshot reached the disk */
+		/* Nothing of this snapshot reached the disk. raft 0.15's
+		 * installSnapshotCb frees the data, the configuration and the
+		 * request of an install that failed, not the array of buffers
+		 * (raft_free(snapshot->bufs) came in 2a38d3d upstream). */
+		struct raft_buffer *bufs =
+			c->put.trailing == 0 ? c->put.snapshot->bufs : NULL;
+		cb(req, rv);
+		raft_free(bufs);
 	}
 	while (c->held != NULL) {
 		struct catchup_held_append *h = c->held;
@@ -442,7 +445,15 @@ int catchup_append(struct catchup *c, struct raft_io_append *req,
 		   const struct raft_entry entries[], unsigned n,
 		   raft_io_append_cb cb)
 {
-	if (c->state == CATCHUP_IDLE) {
+	/* Only an install's put must reach raft_uv before the appends raft
+	 * makes after it: it sets raft_uv's next index to the snapshot's
+	 * plus one. Behind a put of raft's own snapshot (trailing > 0)
+	 * appends go on: raft_uv numbers them itself, and raft may truncate
+	 * them meanwhile (a new leader overwriting uncommitted entries), which
+	 * raft_uv can only do to entries it has seen (UvTruncate asserts
+	 * index < append_next_index; a held append would be written after
+	 * the truncation, at the wrong index). */
+	if (c->state == CATCHUP_IDLE || c->put.trailing != 0) {
 		return c->orig_append(c->io, req, entries, n, cb);
 	}
 	struct catchup_held_append *h = malloc(sizeof *h);

@@ -19,8 +19,10 @@
  * log by the snapshot when it calls restore. So instead of failing, the
  * install waits in snapshot_put, which raft treats as slow I/O: the
  * follower ignores entries meanwhile and the leader keeps sending
- * heartbeats. Appends raft submits during that wait (it could be elected)
- * are held and submitted after the snapshot, as raft_uv orders them.
+ * heartbeats; catchup_hold_election() keeps it a follower. Appends raft
+ * would submit during an install are held and submitted after its put, as
+ * raft_uv orders them (a safety net: a follower that installs appends
+ * nothing); appends behind the put of a snapshot raft took itself go on.
  *
  * It also serves fetches of this shard's store to peers (one worker per
  * fetch, reading one LMDB read transaction).
@@ -160,8 +162,8 @@ int catchup_append(struct catchup *c, struct raft_io_append *req,
 void catchup_hold_election(struct raft *r);
 
 /* Stop: workers give up, a waiting snapshot put fails with RAFT_CANCELED
- * (raft discards it; nothing of it reached the disk). @cb fires once no
- * worker runs any more. Call before raft_close(). */
+ * (raft discards it; nothing of it reached the disk), so do held appends.
+ * @cb fires once no worker runs any more. Call before raft_close(). */
 void catchup_close(struct catchup *c, void (*cb)(struct catchup *c));
 
 #endif /* RMQ_CATCHUP_H */

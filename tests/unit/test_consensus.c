@@ -735,6 +735,166 @@ static void uv_net_closed_cb(struct peer_net *n)
 	(void)n;
 }
 
+/* ---- catchup in front of a stub raft_io -------------------------------- */
+
+static unsigned stub_puts, stub_appends, put_cbs, append_cbs;
+static int put_status, append_status;
+static bool catchup_closed;
+
+static int stub_put(struct raft_io *io, unsigned trailing,
+		    struct raft_io_snapshot_put *req,
+		    const struct raft_snapshot *snapshot,
+		    raft_io_snapshot_put_cb cb)
+{
+	(void)io;
+	(void)trailing;
+	(void)req;
+	(void)snapshot;
+	(void)cb;
+	stub_puts++;
+	return 0;
+}
+
+static int stub_append(struct raft_io *io, struct raft_io_append *req,
+		       const struct raft_entry entries[], unsigned n,
+		       raft_io_append_cb cb)
+{
+	(void)io;
+	(void)req;
+	(void)entries;
+	(void)n;
+	(void)cb;
+	stub_appends++;
+	return 0;
+}
+
+/* As raft 0.15's installSnapshotCb discards a failed install: the data,
+ * not the array of buffers. */
+static void install_put_cb(struct raft_io_snapshot_put *req, int status)
+{
+	struct raft_snapshot *snap = req->data;
+	put_cbs++;
+	put_status = status;
+	raft_free(snap->bufs[0].base);
+}
+
+static void append_done_cb(struct raft_io_append *req, int status)
+{
+	(void)req;
+	append_cbs++;
+	append_status = status;
+}
+
+static void catchup_closed_test_cb(struct catchup *c)
+{
+	(void)c;
+	catchup_closed = true;
+}
+
+static void descriptor_snapshot(struct raft_snapshot *snap, uint64_t index)
+{
+	struct fsm_descriptor d = {.shard_id = 1, .index = index, .node_id = 2};
+	memset(snap, 0, sizeof *snap);
+	snap->index = index + 1;
+	snap->term = 1;
+	snap->bufs = raft_malloc(sizeof *snap->bufs);
+	snap->bufs[0].base = raft_malloc(FSM_DESCRIPTOR_LEN);
+	snap->bufs[0].len = FSM_DESCRIPTOR_LEN;
+	snap->n_bufs = 1;
+	fsm_descriptor_encode(&d, snap->bufs[0].base);
+}
+
+/* Appends pass catchup while it syncs the store behind a snapshot raft
+ * took itself (raft may truncate them meanwhile, which raft_uv can only do
+ * to entries it has seen); behind an install they wait for the put, and a
+ * close cancels both. */
+static void catchup_appends_wait_only_behind_an_install(void **state)
+{
+	(void)state;
+	uv_loop_t loop;
+	struct peer_net *net;
+	struct raft_uv_transport t = {0};
+	struct store *st;
+	struct store_options so = {.map_size = 16u << 20, .nosync = true};
+	struct raft r;
+	struct raft_io io = {0};
+	struct catchup *c = calloc(1, sizeof *c);
+	struct raft_io_snapshot_put put = {0};
+	struct raft_io_append app = {0};
+	struct raft_entry entry = {.term = 1, .type = RAFT_COMMAND};
+	struct raft_snapshot take, install;
+	struct peer_net_config pc = {
+		.node_id = 1,
+		.cluster_id = 7,
+		.peer_address = "127.0.0.1:1",
+		.client_address = "127.0.0.1:1",
+	};
+	char dir[64], path[128], cmd[128];
+
+	snprintf(dir, sizeof dir, "/tmp/rmq-catchup-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof path, "%s/lmdb", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(store_open(path, &so, &st), 0);
+	assert_int_equal(uv_loop_init(&loop), 0);
+	assert_int_equal(peer_net_init(&loop, &pc, &net), 0);
+	assert_int_equal(peer_net_transport_init(net, 1, &t), 0);
+	memset(&r, 0, sizeof r); /* no configuration: no peer to fetch from */
+	io.snapshot_put = stub_put;
+	io.append = stub_append;
+	catchup_init(c, &loop, &r, &io, st, net, &t, 1, 1, dir, &so);
+	stub_puts = stub_appends = put_cbs = append_cbs = 0;
+
+	/* A snapshot raft took (the store is at its index): the put waits for
+	 * the store's sync, appends do not. */
+	descriptor_snapshot(&take, 0);
+	assert_int_equal(catchup_snapshot_put(c, 8, &put, &take, NULL), 0);
+	assert_int_equal(catchup_append(c, &app, &entry, 1, append_done_cb), 0);
+	assert_int_equal(stub_appends, 1);
+	assert_int_equal(stub_puts, 0);
+	for (unsigned k = 0; k < 1000 && stub_puts == 0; k++) {
+		uv_run(&loop, UV_RUN_ONCE);
+	}
+	assert_int_equal(stub_puts, 1);
+	raft_free(take.bufs[0].base);
+	raft_free(take.bufs);
+
+	/* An install the store is behind: the put waits for a copy of the
+	 * state (none comes: no peers), the append waits for the put. */
+	descriptor_snapshot(&install, 5);
+	put.data = &install;
+	assert_int_equal(
+		catchup_snapshot_put(c, 0, &put, &install, install_put_cb), 0);
+	assert_int_equal(catchup_append(c, &app, &entry, 1, append_done_cb), 0);
+	for (unsigned k = 0; k < 20; k++) {
+		uv_run(&loop, UV_RUN_NOWAIT);
+	}
+	assert_int_equal(stub_appends, 1);
+	assert_int_equal(stub_puts, 1);
+	assert_int_equal(put_cbs, 0);
+
+	catchup_close(c, catchup_closed_test_cb);
+	for (unsigned k = 0; k < 1000 && !catchup_closed; k++) {
+		uv_run(&loop, UV_RUN_ONCE);
+	}
+	assert_true(catchup_closed);
+	assert_int_equal(put_cbs, 1);
+	assert_int_equal(put_status, RAFT_CANCELED);
+	assert_int_equal(append_cbs, 1);
+	assert_int_equal(append_status, RAFT_CANCELED);
+	assert_int_equal(stub_appends, 1);
+	assert_int_equal(stub_puts, 1);
+
+	peer_net_transport_release(&t);
+	peer_net_close(net, uv_net_closed_cb);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	store_close(st);
+	free(c);
+	snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void uvrun_open(struct uvrun *u, const char *dir, const char *addr)
 {
 	struct peer_net_config pc = {
@@ -1139,6 +1299,7 @@ int main(void)
 		cmocka_unit_test(restore_of_descriptor_ahead_of_store_fails),
 		cmocka_unit_test(replay_after_reopen_skips_applied_entries),
 		cmocka_unit_test(apply_publish_unknown_queue_is_business_error),
+		cmocka_unit_test(catchup_appends_wait_only_behind_an_install),
 		cmocka_unit_test(uv_restart_rebuilds_state_from_log),
 		cmocka_unit_test(
 			uv_install_fetches_state_then_restart_copies_nothing),
