@@ -163,7 +163,10 @@ void catchup_hold_election(struct raft *r);
 
 /* Stop: workers give up, a waiting snapshot put fails with RAFT_CANCELED
  * (raft discards it; nothing of it reached the disk), so do held appends.
- * @cb fires once no worker runs any more. Call before raft_close(). */
+ * @cb fires once no worker runs any more. Call from raft_io's close, that
+ * is after raft_close() made raft unavailable (raft 0.15 would otherwise
+ * go on after a cancelled install with a log raft_uv never moved), and
+ * close raft_uv from @cb. */
 void catchup_close(struct catchup *c, void (*cb)(struct catchup *c));
 
 #endif /* RMQ_CATCHUP_H */

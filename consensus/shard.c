@@ -44,6 +44,9 @@ struct shard {
 			raft_io_tick_cb tick, raft_io_recv_cb recv);
 	raft_io_tick_cb raft_tick;
 	raft_io_recv_cb raft_recv;
+	/* ... and its close, which waits for catchup (io_close_cb). */
+	void (*io_close)(struct raft_io *io, raft_io_close_cb cb);
+	raft_io_close_cb io_closed;
 	int (*fsm_apply)(struct raft_fsm *fsm, const struct raft_buffer *buf,
 			 void **result);
 	uint64_t leader_commit; /* highest leader_commit a leader sent us */
@@ -174,6 +177,25 @@ static int io_start_cb(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
 	s->raft_tick = tick;
 	s->raft_recv = recv;
 	return s->io_start(io, msecs, io_tick_cb, io_recv_cb);
+}
+
+static void catchup_closed_cb(struct catchup *c)
+{
+	struct shard *s = container_of(c, struct shard, catchup);
+	s->io_close(&s->io, s->io_closed);
+}
+
+/* raft_close() makes raft unavailable, then closes its io: catchup
+ * closes first, raft_uv once catchup's workers (which use the store) are
+ * done. In this order a snapshot install that catchup cancels reaches a
+ * raft that acts on nothing any more: were raft still running, it would
+ * take entries after the cancelled snapshot into a log that raft_uv never
+ * moved there. */
+static void io_close_cb(struct raft_io *io, raft_io_close_cb cb)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	s->io_closed = cb;
+	catchup_close(&s->catchup, catchup_closed_cb);
 }
 
 static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
@@ -378,6 +400,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	s->catchup.cb_arg = s;
 	s->io.snapshot_put = snapshot_put_cb;
 	s->io.append = append_cb;
+	s->io_close = s->io.close;
+	s->io.close = io_close_cb;
 	shard_tune_raft(&s->raft, c);
 	/* A new replica is promoted to voter once one catch-up round takes
 	 * less than an election timeout; under a steady load the first rounds
@@ -457,19 +481,12 @@ static void shard_raft_closed_cb(struct raft *r)
 	}
 }
 
-static void catchup_closed_cb(struct catchup *c)
-{
-	struct shard *s = container_of(c, struct shard, catchup);
-	raft_close(&s->raft, shard_raft_closed_cb);
-}
-
 void shard_close(struct shard *s, shard_close_cb cb, void *data)
 {
 	s->close_cb = cb;
 	s->close_data = data;
 	s->closing = true;
-	/* Workers of catchup use the store: they end first. */
-	catchup_close(&s->catchup, catchup_closed_cb);
+	raft_close(&s->raft, shard_raft_closed_cb); /* through io_close_cb */
 }
 
 static void apply_cb(struct raft_apply *req, int status, void *result)
