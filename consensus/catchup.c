@@ -289,23 +289,41 @@ static void fetch_after_cb(uv_work_t *w, int status)
 	swap_in(c);
 }
 
-/* Peers to ask, the node that took the snapshot first. */
+static void add_peer(struct catchup *c, const struct raft_server *sv)
+{
+	if (sv->id == c->node_id || c->n_peers == CATCHUP_MAX_PEERS) {
+		return;
+	}
+	for (unsigned i = 0; i < c->n_peers; i++) {
+		if (c->peers[i].id == sv->id) {
+			return;
+		}
+	}
+	struct catchup_peer *p = &c->peers[c->n_peers++];
+	p->id = sv->id;
+	snprintf(p->address, sizeof p->address, "%s", sv->address);
+}
+
+/* Peers to ask, the node that took the snapshot first: the servers of the
+ * snapshot's configuration, then any other of raft's. raft adopts the
+ * snapshot's configuration only once the install is over: a replica that
+ * joins a running cluster has none of its own until then. */
 static void collect_peers(struct catchup *c)
 {
-	const struct raft_configuration *conf = &c->raft->configuration;
+	const struct raft_configuration *confs[2] = {
+		&c->put.snapshot->configuration,
+		&c->raft->configuration,
+	};
 	c->n_peers = 0;
 	for (int pass = 0; pass < 2; pass++) {
-		for (unsigned i = 0; i < conf->n; i++) {
-			const struct raft_server *sv = &conf->servers[i];
-			bool source = sv->id == c->put.source;
-			if (sv->id == c->node_id || (pass == 0) != source ||
-			    c->n_peers == CATCHUP_MAX_PEERS) {
-				continue;
+		for (unsigned k = 0; k < 2; k++) {
+			for (unsigned i = 0; i < confs[k]->n; i++) {
+				const struct raft_server *sv =
+					&confs[k]->servers[i];
+				if ((pass == 0) == (sv->id == c->put.source)) {
+					add_peer(c, sv);
+				}
 			}
-			struct catchup_peer *p = &c->peers[c->n_peers++];
-			p->id = sv->id;
-			snprintf(p->address, sizeof p->address, "%s",
-				 sv->address);
 		}
 	}
 }

@@ -1040,7 +1040,9 @@ static bool cl_wait(struct cl *c, bool (*until)(struct cl *c))
 	return until(c);
 }
 
-static void cl_open(struct cl *c, unsigned i)
+/* Open node @i; bootstrap it with nodes 1..@n_members if it is one of
+ * them (a node that is not joins empty). */
+static void cl_open_members(struct cl *c, unsigned i, unsigned n_members)
 {
 	struct cnode *n = &c->n[i];
 	struct peer_net_config pc = {
@@ -1072,12 +1074,19 @@ static void cl_open(struct cl *c, unsigned i)
 	assert_int_equal(peer_net_listen(n->net), 0);
 	assert_int_equal(shard_open(&c->loop, n->net, &sc, &hooks, &n->shard),
 			 0);
-	int rv = shard_bootstrap(n->shard, ids, addrs, N);
-	if (rv != 0 && rv != RMQ_EEXISTS) {
-		fail_msg("bootstrap node %u: %d", i + 1, rv);
+	if (i < n_members) {
+		int rv = shard_bootstrap(n->shard, ids, addrs, n_members);
+		if (rv != 0 && rv != RMQ_EEXISTS) {
+			fail_msg("bootstrap node %u: %d", i + 1, rv);
+		}
 	}
 	assert_int_equal(shard_start(n->shard), 0);
 	n->closed = false;
+}
+
+static void cl_open(struct cl *c, unsigned i)
+{
+	cl_open_members(c, i, N);
 }
 
 static void cl_shard_closed_cb(struct shard *s, void *data)
@@ -1191,18 +1200,9 @@ static void dump_store(struct store *st, char *out, size_t cap)
 	store_abort(t);
 }
 
-/* A replica down while the others snapshot past its log fetches the state
- * from a peer over the peer port and ends identical; restarted, it finds
- * the state in its own store and copies nothing. */
-static void uv_install_fetches_state_then_restart_copies_nothing(void **state)
+static void cl_setup(struct cl *c)
 {
-	(void)state;
-	static char a[1 << 16], b[1 << 16];
-	struct cl *c = calloc(1, sizeof *c);
-	struct shard_stats st;
-	char cmd[256];
 	int base = 24000 + (int)(getpid() % 2000) * 3;
-
 	assert_int_equal(uv_loop_init(&c->loop), 0);
 	uv_timer_init(&c->loop, &c->timer);
 	c->timer.data = c;
@@ -1212,6 +1212,37 @@ static void uv_install_fetches_state_then_restart_copies_nothing(void **state)
 		snprintf(c->n[i].addr, sizeof c->n[i].addr, "127.0.0.1:%d",
 			 base + (int)i);
 	}
+}
+
+static void cl_teardown(struct cl *c)
+{
+	char cmd[256];
+	for (unsigned i = 0; i < N; i++) {
+		if (c->n[i].shard != NULL) {
+			cl_close(c, i);
+		}
+	}
+	uv_close((uv_handle_t *)&c->timer, NULL);
+	uv_run(&c->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&c->loop), 0);
+	for (unsigned i = 0; i < N; i++) {
+		snprintf(cmd, sizeof cmd, "rm -rf %s", c->n[i].dir);
+		assert_int_equal(system(cmd), 0);
+	}
+	free(c);
+}
+
+/* A replica down while the others snapshot past its log fetches the state
+ * from a peer over the peer port and ends identical; restarted, it finds
+ * the state in its own store and copies nothing. */
+static void uv_install_fetches_state_then_restart_copies_nothing(void **state)
+{
+	(void)state;
+	static char a[1 << 16], b[1 << 16];
+	struct cl *c = calloc(1, sizeof *c);
+	struct shard_stats st;
+
+	cl_setup(c);
 	for (unsigned i = 0; i < N; i++) {
 		cl_open(c, i);
 	}
@@ -1261,18 +1292,78 @@ static void uv_install_fetches_state_then_restart_copies_nothing(void **state)
 		 (unsigned long long)(next - 1));
 	assert_non_null(strstr(a, last));
 	assert_string_equal(a, b);
+	cl_teardown(c);
+}
 
-	for (unsigned i = 0; i < N; i++) {
-		cl_close(c, i);
+static int cl_changes;
+static int cl_change_status;
+
+static void cl_change_cb(void *data, int status)
+{
+	(void)data;
+	cl_changes++;
+	cl_change_status = status;
+}
+
+static bool cl_change_done(struct cl *c)
+{
+	(void)c;
+	return cl_changes > 0;
+}
+
+/* A node that joins (membership: add as spare, then promote) starts with
+ * an empty log and no configuration; its first message from the leader is
+ * a snapshot, whose state it must fetch from the servers the snapshot's
+ * configuration names, then it is promoted and holds what the others do. */
+static void uv_joining_replica_fetches_state(void **state)
+{
+	(void)state;
+	static char a[1 << 16], b[1 << 16];
+	struct cl *c = calloc(1, sizeof *c);
+	struct shard_stats st;
+
+	cl_setup(c);
+	cl_open_members(c, 0, 2);
+	cl_open_members(c, 1, 2);
+	cl_publish(c, 10, 1);
+	uint64_t next = 11;
+	for (unsigned k = 0; k < 40; k++) {
+		struct shard_stats d;
+		shard_stats(c->n[cl_leader(c)].shard, &d);
+		if (d.snapshots >= 4) {
+			break;
+		}
+		cl_publish(c, 8, next);
+		next += 8;
 	}
-	uv_close((uv_handle_t *)&c->timer, NULL);
-	uv_run(&c->loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&c->loop), 0);
-	for (unsigned i = 0; i < N; i++) {
-		snprintf(cmd, sizeof cmd, "rm -rf %s", c->n[i].dir);
-		assert_int_equal(system(cmd), 0);
-	}
-	free(c);
+
+	cl_open_members(c, 2, 2); /* empty: it joins */
+	struct shard *l = c->n[cl_leader(c)].shard;
+	cl_changes = 0;
+	assert_int_equal(shard_add(l, 3, c->n[2].addr, cl_change_cb, NULL), 0);
+	assert_true(cl_wait(c, cl_change_done));
+	assert_int_equal(cl_change_status, 0);
+	cl_changes = 0;
+	assert_int_equal(
+		shard_assign(l, 3, SHARD_MEMBER_VOTER, cl_change_cb, NULL), 0);
+	assert_true(cl_wait(c, cl_change_done));
+	assert_int_equal(cl_change_status, 0);
+
+	cl_lag = 2;
+	cl_publish(c, 8, next);
+	next += 8;
+	assert_true(cl_wait(c, cl_lag_caught_up));
+	shard_stats(c->n[2].shard, &st);
+	assert_int_equal(st.fetches, 1);
+	dump_store(shard_store(c->n[cl_leader(c)].shard), a, sizeof a);
+	dump_store(shard_store(c->n[2].shard), b, sizeof b);
+	char last[64];
+	snprintf(last, sizeof last, "%llu=m-%llu,",
+		 (unsigned long long)(next - 1),
+		 (unsigned long long)(next - 1));
+	assert_non_null(strstr(a, last));
+	assert_string_equal(a, b);
+	cl_teardown(c);
 }
 
 int main(void)
@@ -1303,6 +1394,7 @@ int main(void)
 		cmocka_unit_test(uv_restart_rebuilds_state_from_log),
 		cmocka_unit_test(
 			uv_install_fetches_state_then_restart_copies_nothing),
+		cmocka_unit_test(uv_joining_replica_fetches_state),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
