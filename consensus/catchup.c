@@ -488,18 +488,6 @@ int catchup_append(struct catchup *c, struct raft_io_append *req,
 	return 0;
 }
 
-/* ---- elections during an install ----------------------------------- */
-
-void catchup_hold_election(struct raft *r)
-{
-	/* raft 0.15's replicationInstallSnapshotBusy(): an install sets
-	 * last_stored to 0 until its put completes. */
-	if (raft_state(r) == RAFT_FOLLOWER && r->snapshot.put.data != NULL &&
-	    r->last_stored == 0) {
-		r->election_timer_start = r->io->time(r->io);
-	}
-}
-
 /* ---- serving --------------------------------------------------------- */
 
 struct serve {

@@ -19,7 +19,7 @@
  * log by the snapshot when it calls restore. So instead of failing, the
  * install waits in snapshot_put, which raft treats as slow I/O: the
  * follower ignores entries meanwhile and the leader keeps sending
- * heartbeats; catchup_hold_election() keeps it a follower. Appends raft
+ * heartbeats; raftfix_tick() keeps it a follower. Appends raft
  * would submit during an install are held and submitted after its put, as
  * raft_uv orders them (a safety net: a follower that installs appends
  * nothing); appends behind the put of a snapshot raft took itself go on.
@@ -138,28 +138,6 @@ int catchup_snapshot_put(struct catchup *c, unsigned trailing,
 int catchup_append(struct catchup *c, struct raft_io_append *req,
 		   const struct raft_entry entries[], unsigned n,
 		   raft_io_append_cb cb);
-
-/* Call before each of raft's ticks (shard.c wraps raft_io's tick).
- *
- * raft 0.15 installs a snapshot in two steps: it first replaces its
- * in-memory log by the snapshot (logRestore), then waits for snapshot_put,
- * and only in the put's callback (installSnapshotCb) restores the FSM,
- * adopts the snapshot's configuration and answers the leader, whose
- * address it reads from its follower state. Nothing stops its election
- * timer meanwhile: a follower that stops hearing from its leader during
- * the put becomes a candidate (even a leader), and the callback then runs
- * on a struct raft in another state: the follower state it reads is the
- * candidate's or leader's (a union), so it sends the answer to a garbage
- * address (SIGSEGV), or replaces the configuration under a leader's
- * progress array. With raft_uv the put is quick; here it waits for a copy
- * of the state from a peer, seconds or longer, so it happens (later raft
- * releases keep such a follower a follower, canonical/raft#343, 4fbd3c0).
- *
- * This does what they do: while a snapshot install is in progress it
- * restarts @r's election timer, so that the follower stays one until the
- * install is over. It can still vote, and an install that never ends
- * (no peer can give the state) keeps it from campaigning, as before. */
-void catchup_hold_election(struct raft *r);
 
 /* Stop: workers give up, a waiting snapshot put fails with RAFT_CANCELED
  * (raft discards it; nothing of it reached the disk), so do held appends.

@@ -22,6 +22,8 @@
 #include <raft.h>
 #include <raft/uv.h>
 
+#include "raftfix.h"
+
 #define container_of(ptr, type, member) \
 	((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -158,14 +160,16 @@ static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 	if (commit > s->leader_commit) {
 		s->leader_commit = commit;
 	}
-	s->raft_recv(io, m);
+	if (raftfix_recv(&s->raft, m)) {
+		s->raft_recv(io, m);
+	}
 }
 
-/* Every tick of raft passes here: see catchup_hold_election(). */
+/* Every tick of raft passes here: see raftfix_tick(). */
 static void io_tick_cb(struct raft_io *io)
 {
 	struct shard *s = container_of(io, struct shard, io);
-	catchup_hold_election(&s->raft);
+	raftfix_tick(&s->raft);
 	s->raft_tick(io);
 }
 

@@ -18,6 +18,7 @@
 
 #include "catchup.h"
 #include "fsm.h"
+#include "raftfix.h"
 #include "shard.h"
 #include "store.h"
 #include "transport.h"
@@ -54,10 +55,11 @@ static void replica_close(struct replica *r)
 	assert_int_equal(system(cmd), 0);
 }
 
-/* Ticks of the fixture's servers pass through catchup_hold_election(), as
+/* Ticks and messages of the fixture's servers pass through raftfix, as
  * shard.c makes those of raft_uv do (setup_guarded). */
 static struct raft_fixture *guard_f;
 static raft_io_tick_cb guard_tick[N];
+static raft_io_recv_cb guard_recv[N];
 static int (*guard_start[N])(struct raft_io *io, unsigned msecs,
 			     raft_io_tick_cb tick, raft_io_recv_cb recv);
 
@@ -74,8 +76,15 @@ static unsigned guard_index(struct raft_io *io)
 
 static void guarded_tick(struct raft_io *io)
 {
-	catchup_hold_election(io->data);
+	raftfix_tick(io->data);
 	guard_tick[guard_index(io)](io);
+}
+
+static void guarded_recv(struct raft_io *io, struct raft_message *m)
+{
+	if (raftfix_recv(io->data, m)) {
+		guard_recv[guard_index(io)](io, m);
+	}
 }
 
 static int guarded_start(struct raft_io *io, unsigned msecs,
@@ -83,7 +92,8 @@ static int guarded_start(struct raft_io *io, unsigned msecs,
 {
 	unsigned i = guard_index(io);
 	guard_tick[i] = tick;
-	return guard_start[i](io, msecs, guarded_tick, recv);
+	guard_recv[i] = recv;
+	return guard_start[i](io, msecs, guarded_tick, guarded_recv);
 }
 
 static int setup_fixture(void **state, bool guarded)
@@ -557,6 +567,98 @@ static void install_in_progress_follower_stays_follower(void **state)
 	assert_string_equal(a, b);
 	assert_int_equal(copies, 1);
 	assert_int_equal(x->r[lag].fr.restores, 1);
+}
+
+static void transfer_done_cb(struct raft_transfer *req)
+{
+	(void)req;
+}
+
+/* The ASan SIGSEGV (refsDecr, from replicationAppend's error path) and
+ * double free of cluster_http: raftmq's nodes size their snapshot
+ * threshold from what they applied, so a follower may have compacted its
+ * log while the leader never took a snapshot. A leader elected while that
+ * follower was unreachable falls back to index 1 for it after a failed
+ * send, and sends its whole log with prev_log_index 0. raft 0.15 takes
+ * the entries the follower compacted away for missing ones, finds none
+ * where it appended them, and shuts down with its log's reference table
+ * corrupted. The follower must take the message and catch up. */
+static void compacted_follower_takes_entries_sent_from_index_1(void **state)
+{
+	struct fix *x = *state;
+	char a[65536], b[65536];
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	unsigned fo = (l + 1) % N;
+	unsigned nl = (l + 2) % N;
+	struct raft *rf = raft_fixture_get(&x->f, fo);
+
+	propose(x, make_cmd("q", true, "s", 1, 1));
+	for (unsigned k = 0; k < 20; k++) {
+		propose(x, make_cmd("q", false, "s", 1, 2 + k));
+	}
+	raft_index idx = raft_last_index(raft_fixture_get(&x->f, l));
+	for (unsigned i = 0; i < N; i++) {
+		wait_applied(x, i, idx);
+	}
+	/* Only this follower keeps a short log. */
+	raft_set_snapshot_threshold(rf, 8);
+	raft_set_snapshot_trailing(rf, 2);
+	for (unsigned k = 0; k < 10; k++) {
+		propose(x, make_cmd("q", false, "s", 1, 22 + k));
+	}
+	wait_applied(x, fo, raft_last_index(raft_fixture_get(&x->f, l)));
+	for (unsigned k = 0; k < 1000 && rf->log.offset == 0; k++) {
+		raft_fixture_step(&x->f);
+	}
+	assert_true(rf->log.offset > 0);
+	assert_int_equal(raft_fixture_get(&x->f, l)->log.snapshot.last_index,
+			 0);
+	assert_int_equal(raft_fixture_get(&x->f, nl)->log.snapshot.last_index,
+			 0);
+
+	/* It becomes unreachable; leadership moves to the other node. */
+	raft_set_election_timeout(rf, 100000);
+	raft_fixture_set_randomized_election_timeout(&x->f, fo, 100000);
+	for (unsigned i = 0; i < N; i++) {
+		if (i != fo) {
+			raft_fixture_disconnect(&x->f, i, fo);
+			raft_fixture_disconnect(&x->f, fo, i);
+		}
+	}
+	struct raft_transfer req;
+	assert_int_equal(raft_transfer(raft_fixture_get(&x->f, l), &req,
+				       raft_fixture_get(&x->f, nl)->id,
+				       transfer_done_cb),
+			 0);
+	for (unsigned k = 0;
+	     k < 10000 &&
+	     raft_state(raft_fixture_get(&x->f, nl)) != RAFT_LEADER;
+	     k++) {
+		raft_fixture_step(&x->f);
+	}
+	assert_int_equal(raft_state(raft_fixture_get(&x->f, nl)), RAFT_LEADER);
+	struct raft_buffer buf = make_cmd("q", false, "s", 1, 32);
+	struct raft_apply *ap = calloc(1, sizeof *ap);
+	assert_int_equal(raft_apply(raft_fixture_get(&x->f, nl), ap, &buf, 1,
+				    count_cb),
+			 0);
+	idx = raft_last_index(raft_fixture_get(&x->f, nl));
+	wait_applied(x, nl, idx);
+
+	/* Back: the new leader sends everything from index 1. */
+	for (unsigned i = 0; i < N; i++) {
+		if (i != fo) {
+			raft_fixture_reconnect(&x->f, i, fo);
+			raft_fixture_reconnect(&x->f, fo, i);
+		}
+	}
+	wait_applied(x, fo, idx);
+	assert_int_equal(raft_state(rf), RAFT_FOLLOWER);
+	dump(x, nl, "q", a, sizeof a);
+	dump(x, fo, "q", b, sizeof b);
+	assert_non_null(strstr(a, "32=s-32,"));
+	assert_string_equal(a, b);
 }
 
 static void barrier_cb(struct raft_barrier *req, int status)
@@ -1383,6 +1485,9 @@ int main(void)
 			teardown),
 		cmocka_unit_test_setup_teardown(
 			install_in_progress_follower_stays_follower,
+			setup_guarded, teardown),
+		cmocka_unit_test_setup_teardown(
+			compacted_follower_takes_entries_sent_from_index_1,
 			setup_guarded, teardown),
 		cmocka_unit_test_setup_teardown(
 			snapshot_after_barrier_names_store_index, setup,
