@@ -415,37 +415,110 @@ static int fsm_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
 		}
 		return RAFT_IOERR;
 	}
+	s->applied_bytes += buf->len;
+	s->applied_entries++;
 	*result = (void *)r;
 	return 0;
+}
+
+/* ---- snapshot descriptors --------------------------------------------
+ *
+ * A snapshot is not the state: it is a 48-byte descriptor naming the
+ * state it stands for, which lives in the shard's LMDB environment.
+ *   u32 magic "RMQD" | u32 version (1) | u32 shard id | u32 zero |
+ *   u64 applied index of the store | u64 node that took it |
+ *   u64 cluster id |
+ *   u64 FNV-1a 64 of the 40 bytes before
+ * catchup.c makes sure raft never persists a descriptor unless the local
+ * store is durable at or past its index; restore then has nothing to do.
+ * Snapshots of version 1 of the format (the whole store serialized, made
+ * by earlier releases) are still restored. */
+#define DESC_MAGIC 0x524d5144u /* "RMQD" */
+#define DESC_VERSION 1u
+#define DESC_LEN FSM_DESCRIPTOR_LEN
+#define FULL_SNAPSHOT_MAGIC 0x524d5153u /* "RMQS", store/snapshot.c */
+
+static uint64_t desc_sum(const uint8_t *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (size_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+void fsm_descriptor_encode(const struct fsm_descriptor *d, uint8_t *buf)
+{
+	codec_put_u32be(buf, DESC_MAGIC);
+	codec_put_u32be(buf + 4, DESC_VERSION);
+	codec_put_u32be(buf + 8, d->shard_id);
+	codec_put_u32be(buf + 12, 0);
+	codec_put_u64be(buf + 16, d->index);
+	codec_put_u64be(buf + 24, d->node_id);
+	codec_put_u64be(buf + 32, d->cluster_id);
+	codec_put_u64be(buf + 40, desc_sum(buf, 40));
+}
+
+int fsm_descriptor_decode(const void *buf, size_t len, struct fsm_descriptor *d)
+{
+	const uint8_t *p = buf;
+	if (len < 4 || codec_get_u32be(p) != DESC_MAGIC) {
+		return RMQ_EINVAL; /* not a descriptor */
+	}
+	if (len != DESC_LEN || codec_get_u32be(p + 4) != DESC_VERSION ||
+	    codec_get_u64be(p + 40) != desc_sum(p, 40)) {
+		return RMQ_ECORRUPT;
+	}
+	d->shard_id = codec_get_u32be(p + 8);
+	d->index = codec_get_u64be(p + 16);
+	d->node_id = codec_get_u64be(p + 24);
+	d->cluster_id = codec_get_u64be(p + 32);
+	return 0;
+}
+
+static int applied_index(struct store *st, uint64_t *index)
+{
+	struct store_txn *t;
+	int rv = store_begin(st, false, &t);
+	if (rv != 0) {
+		return rv;
+	}
+	rv = store_applied_get(t, index);
+	store_abort(t);
+	return rv;
 }
 
 static int fsm_snapshot_cb(struct raft_fsm *rfsm, struct raft_buffer *bufs[],
 			   unsigned *n_bufs)
 {
 	struct fsm_raft *s = rfsm->data;
-	uint8_t *data;
-	size_t len;
-	int rv = store_snapshot(s->store, &data, &len, s->snapshot_max_bytes);
-	if (rv != 0) {
-		if (rv == RMQ_ETOOLARGE && !s->too_large_logged) {
-			fprintf(stderr,
-				"raftmq: shard %u: state exceeds "
-				"snapshot_max_mb, snapshots paused (the raft "
-				"log keeps growing until it shrinks)\n",
-				s->shard_id);
-			s->too_large_logged = true;
-		}
+	struct fsm_descriptor d = {
+		.shard_id = s->shard_id,
+		.node_id = s->node_id,
+		.cluster_id = s->cluster_id,
+	};
+	/* The store's applied index, not raft's: entries after the last
+	 * command (barriers, configuration changes) leave no trace in the
+	 * store, and a store at or past this index holds every command the
+	 * snapshot covers. */
+	if (applied_index(s->store, &d.index) != 0) {
 		return RAFT_BUSY; /* raft retries at the next threshold */
 	}
-	s->too_large_logged = false;
 	*bufs = raft_malloc(sizeof **bufs);
 	if (*bufs == NULL) {
-		free(data);
 		return RAFT_BUSY;
 	}
-	(*bufs)[0].base = data;
-	(*bufs)[0].len = len;
+	(*bufs)[0].base = raft_malloc(DESC_LEN);
+	if ((*bufs)[0].base == NULL) {
+		raft_free(*bufs);
+		*bufs = NULL;
+		return RAFT_BUSY;
+	}
+	fsm_descriptor_encode(&d, (*bufs)[0].base);
+	(*bufs)[0].len = DESC_LEN;
 	*n_bufs = 1;
+	s->snapshots++;
 	return 0;
 }
 
@@ -456,7 +529,7 @@ static int fsm_snapshot_finalize_cb(struct raft_fsm *rfsm,
 	(void)rfsm;
 	if (*bufs != NULL) {
 		for (unsigned i = 0; i < *n_bufs; i++) {
-			free((*bufs)[i].base);
+			raft_free((*bufs)[i].base);
 		}
 		raft_free(*bufs);
 	}
@@ -465,9 +538,8 @@ static int fsm_snapshot_finalize_cb(struct raft_fsm *rfsm,
 	return 0;
 }
 
-static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
+static int restore_full(struct fsm_raft *s, struct raft_buffer *buf)
 {
-	struct fsm_raft *s = rfsm->data;
 	int rv = store_restore(s->store, buf->base, buf->len);
 	if (rv != 0) {
 		fprintf(stderr, "raftmq: shard %u: restore failed: %s\n",
@@ -481,15 +553,52 @@ static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
 	return 0;
 }
 
+static int fsm_restore_cb(struct raft_fsm *rfsm, struct raft_buffer *buf)
+{
+	struct fsm_raft *s = rfsm->data;
+	struct fsm_descriptor d;
+	uint64_t applied;
+
+	int rv = fsm_descriptor_decode(buf->base, buf->len, &d);
+	if (rv == RMQ_EINVAL && buf->len >= 4 &&
+	    codec_get_u32be(buf->base) == FULL_SNAPSHOT_MAGIC) {
+		return restore_full(s, buf);
+	}
+	if (rv != 0 || d.shard_id != s->shard_id ||
+	    (s->cluster_id != 0 && d.cluster_id != s->cluster_id)) {
+		fprintf(stderr,
+			"raftmq: shard %u: restore: not a snapshot of this "
+			"shard\n",
+			s->shard_id);
+		return RAFT_CORRUPT;
+	}
+	rv = applied_index(s->store, &applied);
+	if (rv != 0 || applied < d.index) {
+		/* catchup.c lets raft persist a descriptor only once the
+		 * store is durable past it: the store lost data under us. */
+		fprintf(stderr,
+			"raftmq: shard %u: restore: the store is at index "
+			"%llu, behind the snapshot at %llu: its data was lost "
+			"(see docs/operations.md, rebuilding a node)\n",
+			s->shard_id, (unsigned long long)applied,
+			(unsigned long long)d.index);
+		return RAFT_CORRUPT;
+	}
+	/* The store already holds the state: entries up to its applied index
+	 * are skipped when raft replays them. */
+	raft_free(buf->base);
+	s->restores++;
+	return 0;
+}
+
 void fsm_raft_init(struct fsm_raft *fr, struct fsm *f, struct store *s,
-		   struct raft *raft, uint32_t shard_id, size_t snapshot_max)
+		   struct raft *raft, uint32_t shard_id)
 {
 	memset(fr, 0, sizeof *fr);
 	fr->fsm = f;
 	fr->store = s;
 	fr->raft = raft;
 	fr->shard_id = shard_id;
-	fr->snapshot_max_bytes = snapshot_max;
 	fr->rfsm.version = 2;
 	fr->rfsm.data = fr;
 	fr->rfsm.apply = fsm_apply_cb;

@@ -59,11 +59,27 @@ int fsm_apply(struct fsm *f, uint64_t index, const uint8_t *buf, size_t len,
  * header with the length, the packed command, padding to 8 bytes. */
 int fsm_encode(const Rmqc__Command *cmd, void **out, size_t *out_len);
 
+/* What a snapshot of a shard is: a small descriptor of the state in the
+ * shard's store, not the state itself (see fsm.c). */
+struct fsm_descriptor {
+	uint32_t shard_id;
+	uint64_t index;      /* applied index of the store it refers to */
+	uint64_t node_id;    /* node whose store the snapshot was taken of */
+	uint64_t cluster_id; /* 0 in tests that have no cluster id */
+};
+#define FSM_DESCRIPTOR_LEN 48
+void fsm_descriptor_encode(const struct fsm_descriptor *d, uint8_t *buf);
+/* 0: @buf is a valid descriptor; RMQ_EINVAL: it is no descriptor (e.g. a
+ * full snapshot of an earlier release); RMQ_ECORRUPT: a damaged one. */
+int fsm_descriptor_decode(const void *buf, size_t len,
+			  struct fsm_descriptor *d);
+
 /* Adapter exposing a struct fsm as canonical/raft's struct raft_fsm.
- * Snapshots are the whole store serialized in memory, refused (raft
- * retries later, the log keeps growing) above @snapshot_max bytes.
- * @raft is the instance the adapter is installed in (apply reads its last
- * applied index to learn the entry's index). */
+ * Snapshots are descriptors; restore succeeds only if the store already
+ * holds the state (catchup.c fetches it before raft may persist a
+ * descriptor the store is behind), or from a full snapshot of an earlier
+ * release. @raft is the instance the adapter is installed in (apply reads
+ * its last applied index to learn the entry's index). */
 struct raft;
 struct fsm_raft {
 	struct raft_fsm rfsm;
@@ -71,8 +87,15 @@ struct fsm_raft {
 	struct store *store;
 	struct raft *raft;
 	uint32_t shard_id;
-	size_t snapshot_max_bytes;
-	bool too_large_logged;
+	uint64_t node_id;    /* written into descriptors */
+	uint64_t cluster_id; /* written into and checked in descriptors */
+	/* Counters (tests, metrics): descriptors made, restores that found
+	 * the state already in the store; bytes and count of applied
+	 * entries, for sizing raft's in-memory log. */
+	uint64_t snapshots;
+	uint64_t restores;
+	uint64_t applied_bytes;
+	uint64_t applied_entries;
 	/* Optional: after a snapshot replaced the store; after a fatal apply
 	 * fault (raft will not apply on this node any more). */
 	void (*restored_cb)(void *arg);
@@ -80,6 +103,6 @@ struct fsm_raft {
 	void *cb_arg;
 };
 void fsm_raft_init(struct fsm_raft *fr, struct fsm *f, struct store *s,
-		   struct raft *raft, uint32_t shard_id, size_t snapshot_max);
+		   struct raft *raft, uint32_t shard_id);
 
 #endif /* RMQ_FSM_H */

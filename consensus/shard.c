@@ -23,6 +23,10 @@
 #include <raft/uv.h>
 
 #include "raft015.h"
+#include "raftfix.h"
+
+#define container_of(ptr, type, member) \
+	((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct shard {
 	uv_loop_t *loop;
@@ -30,22 +34,25 @@ struct shard {
 	struct raft_io io;
 	struct raft_uv_transport transport;
 	struct fsm_raft rfsm;
+	struct catchup catchup;
 	struct fsm *fsm;     /* owned */
 	struct store *store; /* owned */
 	struct shard_config config;
 	char *dir;          /* owned */
 	char *peer_address; /* owned */
 	struct shard_hooks hooks;
-	/* Wrapped: raft_uv's start (to see incoming messages, and to hold
-	 * raft's tick during a snapshot install, raft015.h), raft_uv's send
-	 * (raft015.h) and the FSM's apply (to time it). */
+	/* Wrapped: raft_uv's start (to see incoming messages and ticks:
+	 * raftfix.h, raft015.h), its send (raft015.h), its close (which waits
+	 * for catchup, io_close_cb) and the FSM's apply (to time it). */
 	int (*io_start)(struct raft_io *io, unsigned msecs,
 			raft_io_tick_cb tick, raft_io_recv_cb recv);
 	raft_io_recv_cb raft_recv;
 	raft_io_tick_cb raft_tick;
 	int (*io_send)(struct raft_io *io, struct raft_io_send *req,
 		       const struct raft_message *m, raft_io_send_cb cb);
-	bool tick_held; /* raft's tick skipped: a snapshot install runs */
+	bool tick_held; /* the election held: a snapshot install runs */
+	void (*io_close)(struct raft_io *io, raft_io_close_cb cb);
+	raft_io_close_cb io_closed;
 	int (*fsm_apply)(struct raft_fsm *fsm, const struct raft_buffer *buf,
 			 void **result);
 	uint64_t leader_commit; /* highest leader_commit a leader sent us */
@@ -59,6 +66,11 @@ struct shard {
 
 	unsigned changing; /* configuration changes in flight (0 or 1) */
 	bool closing;
+
+	/* Sizing of raft's in-memory log (adapt_log). */
+	uint64_t sized_entries; /* fsm counters at the last sizing */
+	uint64_t sized_bytes;
+	uint64_t entry_bytes; /* average entry size, smoothed */
 
 	shard_close_cb close_cb;
 	void *close_data;
@@ -138,7 +150,8 @@ static void fatal_cb(void *arg)
 /* Every message for this shard passes here before raft sees it: note the
  * commit index the leader announces, so that a replica knows how far
  * behind it is (raft 0.15 keeps only its own commit index, which while
- * catching up trails the leader's). */
+ * catching up trails the leader's); raftfix_recv() cuts an AppendEntries
+ * that raft 0.15 would take wrongly. */
 static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 {
 	struct shard *s =
@@ -152,16 +165,18 @@ static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 	if (commit > s->leader_commit) {
 		s->leader_commit = commit;
 	}
-	s->raft_recv(io, m);
+	if (raftfix_recv(&s->raft, m)) {
+		s->raft_recv(io, m);
+	}
 }
 
-/* raft's tick, except while this follower installs a snapshot: raft 0.15
- * would make it a candidate then, and crash when the install ends
- * (raft015.h). */
+/* Every tick of raft passes here: see raftfix_tick(). Then raft's tick,
+ * except while this follower installs a snapshot: raft 0.15 would make it
+ * a candidate then, and crash when the install ends (raft015.h). */
 static void io_tick_cb(struct raft_io *io)
 {
-	struct shard *s =
-		(struct shard *)((char *)io - offsetof(struct shard, io));
+	struct shard *s = container_of(io, struct shard, io);
+	raftfix_tick(&s->raft);
 	if (!raft015_tick_allowed(&s->raft)) {
 		if (!s->tick_held) {
 			fprintf(stderr,
@@ -204,6 +219,25 @@ static int io_send_cb(struct raft_io *io, struct raft_io_send *req,
 	return s->io_send(io, req, m, cb);
 }
 
+static void catchup_closed_cb(struct catchup *c)
+{
+	struct shard *s = container_of(c, struct shard, catchup);
+	s->io_close(&s->io, s->io_closed);
+}
+
+/* raft_close() makes raft unavailable, then closes its io: catchup
+ * closes first, raft_uv once catchup's workers (which use the store) are
+ * done. In this order a snapshot install that catchup cancels reaches a
+ * raft that acts on nothing any more: were raft still running, it would
+ * take entries after the cancelled snapshot into a log that raft_uv never
+ * moved there. */
+static void io_close_cb(struct raft_io *io, raft_io_close_cb cb)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	s->io_closed = cb;
+	catchup_close(&s->catchup, catchup_closed_cb);
+}
+
 static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
 			  void **result)
 {
@@ -215,6 +249,76 @@ static int timed_apply_cb(struct raft_fsm *rfsm, const struct raft_buffer *buf,
 		s->hooks.apply_time(s->hooks.data, s, uv_hrtime() - start);
 	}
 	return rv;
+}
+
+/* raft_uv's methods, through catchup (see catchup.h). */
+static int snapshot_put_cb(struct raft_io *io, unsigned trailing,
+			   struct raft_io_snapshot_put *req,
+			   const struct raft_snapshot *snapshot,
+			   raft_io_snapshot_put_cb cb)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	return catchup_snapshot_put(&s->catchup, trailing, req, snapshot, cb);
+}
+
+static int append_cb(struct raft_io *io, struct raft_io_append *req,
+		     const struct raft_entry entries[], unsigned n,
+		     raft_io_append_cb cb)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	return catchup_append(&s->catchup, req, entries, n, cb);
+}
+
+/* raft keeps in memory every entry since its last snapshot plus
+ * snapshot_trailing entries before it: about (threshold + trailing) x the
+ * average entry size. Both are counted in entries and an entry is a batch
+ * of any size, so derive them from the bytes budget and the entries seen,
+ * never above the configured counts. */
+#define SHARD_ASSUMED_ENTRY_BYTES (64u * 1024) /* until entries are seen */
+#define SHARD_MIN_LOG_ENTRIES 8
+
+static void size_log(struct shard *s)
+{
+	uint64_t per = s->config.log_cache_bytes / (2 * s->entry_bytes);
+	if (per < SHARD_MIN_LOG_ENTRIES) {
+		per = SHARD_MIN_LOG_ENTRIES;
+	}
+	unsigned threshold = per < s->config.snapshot_threshold
+				     ? (unsigned)per
+				     : s->config.snapshot_threshold;
+	unsigned trailing = per < s->config.snapshot_trailing
+				    ? (unsigned)per
+				    : s->config.snapshot_trailing;
+	if (s->config.log_cache_bytes == 0) {
+		threshold = s->config.snapshot_threshold;
+		trailing = s->config.snapshot_trailing;
+	}
+	raft_set_snapshot_threshold(&s->raft, threshold);
+	raft_set_snapshot_trailing(&s->raft, trailing);
+}
+
+/* Re-size once enough was applied to say something about entry sizes. */
+static void adapt_log(struct shard *s)
+{
+	uint64_t n = s->rfsm.applied_entries - s->sized_entries;
+	uint64_t bytes = s->rfsm.applied_bytes - s->sized_bytes;
+	if (n < 16 && bytes < s->config.log_cache_bytes / 8) {
+		return;
+	}
+	uint64_t avg = n > 0 ? bytes / n : s->entry_bytes;
+	/* Bigger entries count at once, smaller ones slowly: the log must
+	 * not outgrow the budget while batches grow. */
+	if (avg >= s->entry_bytes) {
+		s->entry_bytes = avg;
+	} else {
+		s->entry_bytes = (3 * s->entry_bytes + avg) / 4;
+	}
+	if (s->entry_bytes < 64) {
+		s->entry_bytes = 64;
+	}
+	s->sized_entries = s->rfsm.applied_entries;
+	s->sized_bytes = s->rfsm.applied_bytes;
+	size_log(s);
 }
 
 static int make_dir(const char *path)
@@ -286,8 +390,9 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	if (rv != 0) {
 		goto err_after_store;
 	}
-	fsm_raft_init(&s->rfsm, s->fsm, s->store, &s->raft, c->id,
-		      c->snapshot_max_bytes);
+	fsm_raft_init(&s->rfsm, s->fsm, s->store, &s->raft, c->id);
+	s->rfsm.node_id = c->node_id;
+	s->rfsm.cluster_id = c->cluster_id;
 	s->rfsm.restored_cb = restored_cb;
 	s->rfsm.fatal_cb = fatal_cb;
 	s->rfsm.cb_arg = s;
@@ -330,6 +435,15 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 		goto err_after_fsm;
 	}
 	s->raft.data = s;
+	catchup_init(&s->catchup, loop, &s->raft, &s->io, s->store, net,
+		     &s->transport, c->id, c->node_id, s->dir, &so);
+	s->catchup.restored_cb = restored_cb;
+	s->catchup.fatal_cb = fatal_cb;
+	s->catchup.cb_arg = s;
+	s->io.snapshot_put = snapshot_put_cb;
+	s->io.append = append_cb;
+	s->io_close = s->io.close;
+	s->io.close = io_close_cb;
 	shard_tune_raft(&s->raft, c);
 	/* A new replica is promoted to voter once one catch-up round takes
 	 * less than an election timeout; under a steady load the first rounds
@@ -340,8 +454,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	 * long (a dead or wedged new replica), so that other configuration
 	 * changes, such as removing it, can go ahead. */
 	raft_set_max_catch_up_round_duration(&s->raft, 15000);
-	raft_set_snapshot_threshold(&s->raft, c->snapshot_threshold);
-	raft_set_snapshot_trailing(&s->raft, c->snapshot_trailing);
+	s->entry_bytes = SHARD_ASSUMED_ENTRY_BYTES;
+	size_log(s);
 	/* raft 0.15 waits this long before sending a snapshot again when the
 	 * last attempt went unanswered (its default is 30 s): a follower that
 	 * was down while the leader first tried would lag that long. */
@@ -414,7 +528,7 @@ void shard_close(struct shard *s, shard_close_cb cb, void *data)
 	s->close_cb = cb;
 	s->close_data = data;
 	s->closing = true;
-	raft_close(&s->raft, shard_raft_closed_cb);
+	raft_close(&s->raft, shard_raft_closed_cb); /* through io_close_cb */
 }
 
 static void apply_cb(struct raft_apply *req, int status, void *result)
@@ -525,6 +639,7 @@ void shard_poll(struct shard *s)
 	enum shard_role role = SHARD_FOLLOWER;
 	uint64_t term = s->raft.current_term;
 
+	adapt_log(s);
 	if (raft_state(&s->raft) == RAFT_LEADER) {
 		role = SHARD_LEADER_PENDING;
 		if (s->barrier_term == term) {
@@ -545,6 +660,16 @@ void shard_poll(struct shard *s)
 			s->hooks.role(s->hooks.data, s, role, term);
 		}
 	}
+}
+
+void shard_stats(struct shard *s, struct shard_stats *out)
+{
+	out->snapshots = s->rfsm.snapshots;
+	out->restores = s->rfsm.restores;
+	out->fetches = s->catchup.fetches;
+	out->served = s->catchup.served;
+	out->snapshot_threshold = s->raft.snapshot.threshold;
+	out->snapshot_trailing = s->raft.snapshot.trailing;
 }
 
 uint32_t shard_id(const struct shard *s)

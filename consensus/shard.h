@@ -24,6 +24,7 @@
 
 #include <uv.h>
 
+#include "catchup.h"
 #include "fsm.h"
 #include "store.h"
 #include "transport.h"
@@ -43,9 +44,14 @@ struct shard_config {
 	const char *dir; /* holds raft/ and lmdb/; created if missing */
 	unsigned election_timeout_ms;
 	unsigned heartbeat_timeout_ms;
+	uint64_t cluster_id; /* written into snapshot descriptors */
+	/* Raft snapshots every snapshot_threshold entries and keeps
+	 * snapshot_trailing entries before it in memory; with
+	 * log_cache_bytes > 0 both shrink so that about log_cache_bytes of
+	 * entries stay in memory (see shard.c, size_log). */
 	unsigned snapshot_threshold;
 	unsigned snapshot_trailing;
-	size_t snapshot_max_bytes;
+	size_t log_cache_bytes;
 	size_t map_size;
 	size_t segment_size; /* raft log segment; must hold the largest entry */
 };
@@ -149,7 +155,7 @@ size_t shard_members(struct shard *s, struct shard_member *out, size_t max);
 bool shard_member_role(struct shard *s, uint64_t node_id,
 		       enum shard_member_role *role);
 
-/* Detect role changes; see above. */
+/* Detect role changes (see above) and re-size raft's in-memory log. */
 void shard_poll(struct shard *s);
 
 uint32_t shard_id(const struct shard *s);
@@ -171,5 +177,16 @@ size_t shard_replicas(struct shard *s, uint64_t *ids, size_t max);
 bool shard_peer_recent(struct shard *s, uint64_t node_id);
 /* Whether @node_id's log matches ours up to our last index (leader only). */
 bool shard_peer_caught_up(struct shard *s, uint64_t node_id);
+
+/* Counters of the snapshot machinery, for tests and metrics. */
+struct shard_stats {
+	uint64_t snapshots; /* descriptors taken */
+	uint64_t restores;  /* restores that found the state in the store */
+	uint64_t fetches;   /* states fetched from a peer and swapped in */
+	uint64_t served;    /* states served to peers */
+	unsigned snapshot_threshold; /* as sized from log_cache_bytes */
+	unsigned snapshot_trailing;
+};
+void shard_stats(struct shard *s, struct shard_stats *out);
 
 #endif /* RMQ_SHARD_H */

@@ -48,6 +48,8 @@
 
 #define PREAMBLE_MAGIC 0x524d5150u /* "RMQP" */
 #define PREAMBLE_VERSION 1
+#define PREAMBLE_VERSION_KIND 2 /* the body ends with a u8 kind */
+#define PREAMBLE_KIND_FETCH 1
 #define PREAMBLE_HEADER 8
 #define PREAMBLE_MAX_BODY 1024
 /* cluster id, shard id, sender id and the two address lengths */
@@ -111,6 +113,8 @@ struct peer_transport {
 	uint32_t shard_id;
 	enum pt_state state;
 	raft_uv_accept_cb accept_cb; /* NULL until listen(), and when closing */
+	peer_net_fetch_cb fetch_cb;  /* NULL: state fetches are refused */
+	void *fetch_data;
 	raft_uv_transport_close_cb close_cb;
 	struct link outs;           /* struct peer_out, connecting or closing */
 	unsigned n_handles_closing; /* handles of failed connect() calls */
@@ -149,6 +153,7 @@ struct peer_in {
 	struct peer_net *net;
 	uv_tcp_t *tcp; /* owned (raft_malloc) until handed to raft */
 	enum in_state state;
+	uint16_t version; /* of the preamble, once its header is read */
 	uint64_t started; /* uv_now() at accept time */
 	size_t want;      /* bytes of buf to fill in this step */
 	size_t have;
@@ -159,6 +164,7 @@ struct peer_in {
 
 /* A decoded preamble body; addresses point into peer_in->buf. */
 struct preamble {
+	uint8_t kind; /* 0: raft; PREAMBLE_KIND_FETCH */
 	uint64_t cluster_id;
 	uint32_t shard_id;
 	uint64_t sender_id;
@@ -430,11 +436,14 @@ static const char *in_parse_header(struct peer_in *in)
 	if (get_u32(in->buf) != PREAMBLE_MAGIC) {
 		return "bad magic";
 	}
-	if (get_u16(in->buf + 4) != PREAMBLE_VERSION) {
+	in->version = get_u16(in->buf + 4);
+	if (in->version != PREAMBLE_VERSION &&
+	    in->version != PREAMBLE_VERSION_KIND) {
 		return "unsupported preamble version";
 	}
 	len = get_u16(in->buf + 6);
-	if (len < PREAMBLE_MIN_BODY || len > PREAMBLE_MAX_BODY) {
+	if (len < PREAMBLE_MIN_BODY + (in->version == PREAMBLE_VERSION_KIND) ||
+	    len > PREAMBLE_MAX_BODY) {
 		return "bad preamble length";
 	}
 	in->want = PREAMBLE_HEADER + (size_t)len;
@@ -446,6 +455,15 @@ static const char *in_parse_body(struct peer_in *in, struct preamble *p)
 {
 	const uint8_t *cur = in->buf + PREAMBLE_HEADER;
 	const uint8_t *end = in->buf + in->want;
+
+	p->kind = 0;
+	if (in->version == PREAMBLE_VERSION_KIND) {
+		end--;
+		p->kind = *end;
+		if (p->kind != PREAMBLE_KIND_FETCH) {
+			return "unknown connection kind";
+		}
+	}
 
 	/* PREAMBLE_MIN_BODY guarantees the fixed fields are there. */
 	p->cluster_id = get_u64(cur);
@@ -524,7 +542,8 @@ static void in_complete(struct peer_in *in)
 		in_reject(in, why);
 		return;
 	}
-	if (pt->accept_cb == NULL) {
+	if (p.kind == PREAMBLE_KIND_FETCH ? pt->fetch_cb == NULL
+					  : pt->accept_cb == NULL) {
 		/* Raft not started yet or stopping: the peer retries. */
 		in_abort(in);
 		return;
@@ -534,6 +553,11 @@ static void in_complete(struct peer_in *in)
 	stream = (uv_stream_t *)in->tcp;
 	stream->data = NULL;
 	free(in);
+	if (p.kind == PREAMBLE_KIND_FETCH) {
+		/* Ownership of the stream passes to the fetch handler. */
+		pt->fetch_cb(pt->fetch_data, p.sender_id, (uv_tcp_t *)stream);
+		return;
+	}
 	/* Ownership of the stream passes to raft_uv. */
 	pt->accept_cb(pt->t, p.sender_id, peer_address, stream);
 }
@@ -932,20 +956,23 @@ static void transport_close(struct raft_uv_transport *t,
 	uv_close((uv_handle_t *)&pt->closer, closer_close_cb);
 }
 
-static void encode_preamble(struct peer_transport *pt)
+/* The preamble of a raft connection (@kind 0, version 1, which every
+ * release reads) or of another kind (version 2) into @out (PREAMBLE_MAX
+ * bytes); returns its length. */
+static size_t encode_preamble(struct peer_net *n, uint32_t shard_id,
+			      uint8_t kind, uint8_t *out)
 {
-	struct peer_net *n = pt->net;
 	size_t peer_len = strlen(n->peer_address);
 	size_t client_len = strlen(n->client_address);
-	size_t body = PREAMBLE_MIN_BODY + peer_len + client_len;
-	uint8_t *p = pt->preamble;
+	size_t body = PREAMBLE_MIN_BODY + peer_len + client_len + (kind != 0);
+	uint8_t *p = out;
 
 	assert(body <= PREAMBLE_MAX_BODY); /* checked by peer_net_init() */
 	put_u32(&p, PREAMBLE_MAGIC);
-	put_u16(&p, PREAMBLE_VERSION);
+	put_u16(&p, kind != 0 ? PREAMBLE_VERSION_KIND : PREAMBLE_VERSION);
 	put_u16(&p, (uint16_t)body);
 	put_u64(&p, n->cluster_id);
-	put_u32(&p, pt->shard_id);
+	put_u32(&p, shard_id);
 	put_u64(&p, n->node_id);
 	put_u16(&p, (uint16_t)peer_len);
 	memcpy(p, n->peer_address, peer_len);
@@ -953,7 +980,24 @@ static void encode_preamble(struct peer_transport *pt)
 	put_u16(&p, (uint16_t)client_len);
 	memcpy(p, n->client_address, client_len);
 	p += client_len;
-	pt->preamble_len = (size_t)(p - pt->preamble);
+	if (kind != 0) {
+		*p++ = kind;
+	}
+	return (size_t)(p - out);
+}
+
+size_t peer_net_fetch_preamble(struct peer_net *n, uint32_t shard_id,
+			       uint8_t buf[PEER_NET_PREAMBLE_MAX])
+{
+	return encode_preamble(n, shard_id, PREAMBLE_KIND_FETCH, buf);
+}
+
+void peer_net_set_fetch_cb(struct raft_uv_transport *t, peer_net_fetch_cb cb,
+			   void *data)
+{
+	struct peer_transport *pt = t->impl;
+	pt->fetch_cb = cb;
+	pt->fetch_data = data;
 }
 
 int peer_net_transport_init(struct peer_net *n, uint32_t shard_id,
@@ -975,11 +1019,13 @@ int peer_net_transport_init(struct peer_net *n, uint32_t shard_id,
 	pt->shard_id = shard_id;
 	pt->state = PT_REGISTERED;
 	pt->accept_cb = NULL;
+	pt->fetch_cb = NULL;
+	pt->fetch_data = NULL;
 	pt->close_cb = NULL;
 	link_init(&pt->outs);
 	pt->n_handles_closing = 0;
 	pt->closer_done = false;
-	encode_preamble(pt);
+	pt->preamble_len = encode_preamble(n, shard_id, 0, pt->preamble);
 
 	t->impl = pt;
 	t->init = transport_init;
@@ -1020,7 +1066,7 @@ int peer_net_init(uv_loop_t *loop, const struct peer_net_config *c,
 		rv = RMQ_EINVAL;
 		goto err;
 	}
-	body = PREAMBLE_MIN_BODY + strlen(c->peer_address) +
+	body = PREAMBLE_MIN_BODY + 1 + strlen(c->peer_address) +
 	       strlen(c->client_address);
 	if (body > PREAMBLE_MAX_BODY) {
 		rv = RMQ_EINVAL;

@@ -11,6 +11,11 @@
  *   body: u64 cluster_id | u32 shard_id | u64 sender_id |
  *         u16 len + peer address | u16 len + client address
  *
+ * A connection of another kind (version 2: the same body followed by a u8
+ * kind) carries no raft traffic: kind 1 asks the named shard for a copy of
+ * its state (consensus/catchup.c). Raft connections keep version 1, so
+ * nodes of earlier releases still talk to this one; they refuse version 2.
+ *
  * Learned addresses: every accepted preamble reports (sender id, peer
  * address, client address) through the hello callback, so a node learns the
  * client address of every peer that talks to it, e.g. the leaders of its
@@ -61,6 +66,22 @@ int peer_net_listen(struct peer_net *n);
  * registered yet are closed. */
 int peer_net_transport_init(struct peer_net *n, uint32_t shard_id,
 			    struct raft_uv_transport *t);
+
+/* A state fetch arrived for the shard of @t from node @sender_id.
+ * Ownership of @stream (allocated with raft_malloc(), reading stopped,
+ * nothing after the preamble consumed) passes to the callback: close it
+ * and raft_free() it in the close callback. */
+typedef void (*peer_net_fetch_cb)(void *data, uint64_t sender_id,
+				  uv_tcp_t *stream);
+/* Serve state fetches of the shard of @t with @cb (NULL: refuse them). */
+void peer_net_set_fetch_cb(struct raft_uv_transport *t, peer_net_fetch_cb cb,
+			   void *data);
+
+/* The preamble a state fetch of shard @shard_id from this node writes
+ * first; returns its length (at most PEER_NET_PREAMBLE_MAX). */
+#define PEER_NET_PREAMBLE_MAX (8 + 1024)
+size_t peer_net_fetch_preamble(struct peer_net *n, uint32_t shard_id,
+			       uint8_t buf[PEER_NET_PREAMBLE_MAX]);
 
 /* Release a transport filled by peer_net_transport_init() whose init()
  * method raft_uv never called successfully (raft_init() failed early, or

@@ -29,7 +29,7 @@ void config_defaults(struct config *c)
 	c->heartbeat_timeout_ms = 50;
 	c->snapshot_threshold = 4096;
 	c->snapshot_trailing = 1024;
-	c->snapshot_max_bytes = (size_t)256 * 1024 * 1024;
+	c->log_cache_bytes = (size_t)32 * 1024 * 1024;
 	c->batch_max_messages = 1000;
 	c->batch_max_bytes = 4u * 1024 * 1024;
 }
@@ -108,8 +108,11 @@ static int set_key(struct config *c, const char *section, const char *key,
 		c->snapshot_threshold = (unsigned)n;
 	} else if (strcmp(key, "snapshot_trailing") == 0 && numeric) {
 		c->snapshot_trailing = (unsigned)n;
-	} else if (strcmp(key, "snapshot_max_mb") == 0 && numeric && n >= 1) {
-		c->snapshot_max_bytes = (size_t)n * 1024 * 1024;
+	} else if (strcmp(key, "raft_log_cache_mb") == 0 && numeric) {
+		c->log_cache_bytes = (size_t)n * 1024 * 1024;
+	} else if (strcmp(key, "snapshot_max_mb") == 0 && numeric) {
+		/* Obsolete: snapshots are descriptors now. Accepted so that
+		 * existing config files still load. */
 	} else if (strcmp(key, "batch_max_messages") == 0 && numeric &&
 		   n >= 1) {
 		c->batch_max_messages = (unsigned)n;

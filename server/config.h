@@ -43,7 +43,7 @@ struct config {
 	unsigned heartbeat_timeout_ms;
 	unsigned snapshot_threshold;
 	unsigned snapshot_trailing;
-	size_t snapshot_max_bytes;
+	size_t log_cache_bytes; /* raft log kept in memory per shard */
 	/* [server] */
 	unsigned batch_max_messages;
 	size_t batch_max_bytes;

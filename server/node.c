@@ -269,9 +269,10 @@ static int open_shards(struct node *n)
 			.dir = dir,
 			.election_timeout_ms = n->cfg.election_timeout_ms,
 			.heartbeat_timeout_ms = n->cfg.heartbeat_timeout_ms,
+			.cluster_id = n->cluster_id,
 			.snapshot_threshold = n->cfg.snapshot_threshold,
 			.snapshot_trailing = n->cfg.snapshot_trailing,
-			.snapshot_max_bytes = n->cfg.snapshot_max_bytes,
+			.log_cache_bytes = n->cfg.log_cache_bytes,
 			.map_size = n->cfg.map_size,
 			.segment_size = segment_size(&n->cfg),
 		};
@@ -373,12 +374,21 @@ static void check_free_disk(struct node *n)
 	}
 }
 
+/* Every tick (200 ms) also drops the LMDB pages this process mapped by
+ * reading and writing: they stay in the page cache, but no longer count in
+ * its RSS, which would otherwise grow with everything read back (a
+ * backlog). */
 static void tick_cb(uv_timer_t *t)
 {
 	struct node *n = t->data;
 	if (!n->stopping) {
 		check_free_disk(n);
 		queues_tick(n);
+		for (unsigned i = 0; i < n->n_shards; i++) {
+			if (n->shards[i] != NULL) {
+				store_release_map(shard_store(n->shards[i]));
+			}
+		}
 	}
 }
 

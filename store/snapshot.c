@@ -25,19 +25,9 @@
 #define SNAP_TRAILER_LEN 8
 #define SNAP_INITIAL_CAP ((size_t)64 * 1024)
 
-#define FNV_OFFSET 0xcbf29ce484222325ull
-#define FNV_PRIME 0x100000001b3ull
-
 static uint64_t fnv1a64(const uint8_t *p, size_t n)
 {
-	uint64_t h = FNV_OFFSET;
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		h ^= p[i];
-		h *= FNV_PRIME;
-	}
-	return h;
+	return store_fnv1a64(STORE_FNV_OFFSET, p, n);
 }
 
 /* ---- Building -------------------------------------------------------- */
@@ -218,18 +208,6 @@ static int snap_next(struct snap_reader *r, uint8_t *db, MDB_val *k, MDB_val *v)
 	return 0;
 }
 
-/* LMDB's default key order: bytewise, then shorter first. */
-static int key_cmp(const MDB_val *a, const MDB_val *b)
-{
-	size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
-	int c = n != 0 ? memcmp(a->mv_data, b->mv_data, n) : 0;
-
-	if (c != 0) {
-		return c;
-	}
-	return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
-}
-
 /* Checks everything that can be checked without writing; sets *count. */
 static int snap_validate(struct store *s, const uint8_t *buf, size_t len,
 			 uint64_t *count)
@@ -272,7 +250,7 @@ static int snap_validate(struct store *s, const uint8_t *buf, size_t len,
 		}
 		/* Strictly increasing keys within a db: no duplicates, and
 		 * MDB_APPEND is valid when inserting. */
-		if (i != 0 && db == prev_db && key_cmp(&prev, &k) >= 0) {
+		if (i != 0 && db == prev_db && store_key_cmp(&prev, &k) >= 0) {
 			return RMQ_ECORRUPT;
 		}
 		rv = store_record_check((enum store_db)db, &k, &v);

@@ -4,8 +4,14 @@
  *
  * Threads: one thread at a time per struct store (see store.h). */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include "store_internal.h"
 
@@ -223,6 +229,26 @@ int store_record_check(enum store_db db, const MDB_val *k, const MDB_val *v)
 	}
 }
 
+int store_key_cmp(const MDB_val *a, const MDB_val *b)
+{
+	size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+	int c = n != 0 ? memcmp(a->mv_data, b->mv_data, n) : 0;
+
+	if (c != 0) {
+		return c;
+	}
+	return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
+}
+
+uint64_t store_fnv1a64(uint64_t h, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		h ^= p[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
 /* ---- Environment ----------------------------------------------------- */
 
 static int dbs_open(struct store *s)
@@ -249,46 +275,25 @@ static int dbs_open(struct store *s)
 	return 0;
 }
 
-int store_open(const char *dir, const struct store_options *o,
-	       struct store **out)
+static void find_map(struct store *s);
+
+/* Create and open s->env from s->dir, s->flags, s->map_size. */
+static int env_open(struct store *s)
 {
-	struct store *s;
-	size_t map_size = STORE_DEFAULT_MAP_SIZE;
-	unsigned flags = MDB_NORDAHEAD | MDB_NOTLS;
 	int rv;
 
-	if (dir == NULL || out == NULL) {
-		return RMQ_EINVAL;
-	}
-	if (o != NULL) {
-		if (o->map_size != 0) {
-			map_size = o->map_size;
-		}
-		if (o->nosync) {
-			flags |= MDB_NOSYNC;
-		}
-	}
-	s = calloc(1, sizeof *s);
-	if (s == NULL) {
-		rv = RMQ_ENOMEM;
-		goto err;
-	}
 	rv = mdb_env_create(&s->env);
 	if (rv != 0) {
-		rv = store_err_from_mdb(rv);
-		goto err_after_alloc;
+		s->env = NULL;
+		return store_err_from_mdb(rv);
 	}
 	rv = mdb_env_set_maxdbs(s->env, STORE_DB_COUNT);
-	if (rv != 0) {
-		rv = store_err_from_mdb(rv);
-		goto err_after_env_create;
+	if (rv == 0) {
+		rv = mdb_env_set_mapsize(s->env, s->map_size);
 	}
-	rv = mdb_env_set_mapsize(s->env, map_size);
-	if (rv != 0) {
-		rv = store_err_from_mdb(rv);
-		goto err_after_env_create;
+	if (rv == 0) {
+		rv = mdb_env_open(s->env, s->dir, s->flags, 0644);
 	}
-	rv = mdb_env_open(s->env, dir, flags, 0644);
 	if (rv != 0) {
 		rv = store_err_from_mdb(rv);
 		goto err_after_env_create;
@@ -297,14 +302,53 @@ int store_open(const char *dir, const struct store_options *o,
 	if (rv != 0) {
 		goto err_after_env_create;
 	}
-	*out = s;
+	find_map(s);
 	return 0;
 
 err_after_env_create:
 	mdb_env_close(s->env);
+	s->env = NULL;
+	return rv;
+}
+
+int store_open(const char *dir, const struct store_options *o,
+	       struct store **out)
+{
+	struct store *s;
+	int rv;
+
+	if (dir == NULL || out == NULL) {
+		return RMQ_EINVAL;
+	}
+	s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		return RMQ_ENOMEM;
+	}
+	s->map_size = STORE_DEFAULT_MAP_SIZE;
+	s->flags = MDB_NORDAHEAD | MDB_NOTLS;
+	if (o != NULL) {
+		if (o->map_size != 0) {
+			s->map_size = o->map_size;
+		}
+		if (o->nosync) {
+			s->flags |= MDB_NOSYNC;
+		}
+	}
+	s->dir = strdup(dir);
+	if (s->dir == NULL) {
+		rv = RMQ_ENOMEM;
+		goto err_after_alloc;
+	}
+	rv = env_open(s);
+	if (rv != 0) {
+		goto err_after_alloc;
+	}
+	*out = s;
+	return 0;
+
 err_after_alloc:
+	free(s->dir);
 	free(s);
-err:
 	return rv;
 }
 
@@ -313,8 +357,104 @@ void store_close(struct store *s)
 	if (s == NULL) {
 		return;
 	}
-	mdb_env_close(s->env);
+	if (s->env != NULL) {
+		mdb_env_close(s->env);
+	}
+	free(s->dir);
 	free(s);
+}
+
+static int sync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		return RMQ_EIO;
+	}
+	int rv = fsync(fd) == 0 ? 0 : RMQ_EIO;
+	close(fd);
+	return rv;
+}
+
+int store_replace(struct store *s, const char *dir)
+{
+	char from[4096];
+	char to[4096];
+	int rv;
+
+	if ((size_t)snprintf(from, sizeof from, "%s/data.mdb", dir) >=
+		    sizeof from ||
+	    (size_t)snprintf(to, sizeof to, "%s/data.mdb", s->dir) >=
+		    sizeof to) {
+		return RMQ_EINVAL;
+	}
+	mdb_env_close(s->env);
+	s->env = NULL;
+	s->map = NULL;
+	rv = rename(from, to) == 0 ? 0 : RMQ_EIO;
+	if (rv == 0) {
+		rv = sync_dir(s->dir);
+	}
+	int orv = env_open(s); /* the new content, or the old one */
+	if (orv != 0) {
+		return RMQ_EIO;
+	}
+	return rv;
+}
+
+void store_release_map(struct store *s)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	long page = sysconf(_SC_PAGESIZE);
+
+	if (s->env == NULL || s->map == NULL || page <= 0 ||
+	    mdb_env_info(s->env, &info) != 0 ||
+	    mdb_env_stat(s->env, &st) != 0) {
+		return;
+	}
+	size_t used = (info.me_last_pgno + 1) * (size_t)st.ms_psize;
+	used = (used + (size_t)page - 1) / (size_t)page * (size_t)page;
+	if (used > s->map_len) {
+		used = s->map_len;
+	}
+	/* The map is a read-only shared file mapping (no MDB_WRITEMAP):
+	 * dropping its pages loses nothing. */
+	(void)madvise(s->map, used, MADV_DONTNEED);
+}
+
+/* Where LMDB mapped data.mdb: LMDB 0.9 reports no address without
+ * MDB_FIXEDMAP, so find the mapping of the file's inode in
+ * /proc/self/maps. Leaves s->map NULL if it cannot be found (then
+ * store_release_map() does nothing). */
+static void find_map(struct store *s)
+{
+	char path[4200];
+	char line[4600];
+	struct stat st;
+	FILE *f;
+
+	s->map = NULL;
+	s->map_len = 0;
+	snprintf(path, sizeof path, "%s/data.mdb", s->dir);
+	if (stat(path, &st) != 0) {
+		return;
+	}
+	f = fopen("/proc/self/maps", "re");
+	if (f == NULL) {
+		return;
+	}
+	while (fgets(line, sizeof line, f) != NULL) {
+		unsigned long lo, hi, ino;
+		unsigned maj, min;
+		if (sscanf(line, "%lx-%lx %*s %*s %x:%x %lu", &lo, &hi, &maj,
+			   &min, &ino) == 5 &&
+		    ino == (unsigned long)st.st_ino &&
+		    makedev(maj, min) == st.st_dev && hi - lo > s->map_len) {
+			s->map = (void *)lo;
+			s->map_len = hi - lo;
+		}
+	}
+	fclose(f);
 }
 
 int store_sync(struct store *s)

@@ -226,4 +226,39 @@ int store_snapshot(struct store *s, uint8_t **out, size_t *out_len,
  * write transaction. RMQ_ECORRUPT on malformed input (nothing changed). */
 int store_restore(struct store *s, const uint8_t *buf, size_t len);
 
+/* ---- State streams (stream.c) ---------------------------------------- */
+
+/* Sinks and sources of a state stream; 0 or a negative RMQ_E* code. A
+ * reader sets *got to the bytes it read, 0 at the end of the stream. */
+typedef int (*store_stream_write_fn)(void *arg, const void *buf, size_t len);
+typedef int (*store_stream_read_fn)(void *arg, void *buf, size_t len,
+				    size_t *got);
+
+/* Write a consistent copy of every database of @s to @write; *applied is
+ * the applied index of that copy. Any thread: only a read transaction is
+ * used. An error from @write is returned as is. */
+int store_stream_write(struct store *s, store_stream_write_fn write, void *arg,
+		       uint64_t *applied);
+
+/* Build a new environment in the empty directory @dir from a stream made
+ * by store_stream_write(), and sync it. RMQ_EUNAVAIL as soon as the copy's
+ * applied index turns out below @min_applied; RMQ_ECORRUPT on a malformed
+ * or truncated stream. On any error @dir holds garbage: delete it. On 0,
+ * *applied is the index of the copy. Any thread. */
+int store_stream_read(const char *dir, const struct store_options *o,
+		      store_stream_read_fn read, void *arg,
+		      uint64_t min_applied, uint64_t *applied);
+
+/* Replace the content of @s with the environment in @dir (built by
+ * store_stream_read()): close, rename @dir/data.mdb over ours, sync the
+ * directory, reopen. No transaction may be open on @s. On error the old
+ * content is kept if the rename did not happen; RMQ_EIO if the store could
+ * not be reopened at all (it is then unusable: the node must stop). */
+int store_replace(struct store *s, const char *dir);
+
+/* Drop the pages of the map from this process's page tables (they stay in
+ * the page cache and fault back in on the next read): the RSS of a store
+ * no longer grows with what was read from it. Any thread. */
+void store_release_map(struct store *s);
+
 #endif /* RMQ_STORE_H */

@@ -43,6 +43,11 @@ enum store_db {
 struct store {
 	MDB_env *env; /* owned */
 	MDB_dbi dbi[STORE_DB_COUNT];
+	char *dir;      /* owned */
+	unsigned flags; /* mdb_env_open flags */
+	size_t map_size;
+	void *map; /* where LMDB mapped data.mdb, NULL if unknown */
+	size_t map_len;
 };
 
 struct store_txn {
@@ -83,6 +88,14 @@ int store_shard_decode(const MDB_val *k, const MDB_val *v,
 /* Checks that a (key, value) pair is well formed for database @db; used
  * to validate a snapshot before anything is written. */
 int store_record_check(enum store_db db, const MDB_val *k, const MDB_val *v);
+
+/* LMDB's default key order: bytewise, then shorter first. */
+int store_key_cmp(const MDB_val *a, const MDB_val *b);
+
+/* FNV-1a 64 of @n bytes at @p, continuing from @h (start with
+ * STORE_FNV_OFFSET): the checksum of snapshots and state streams. */
+#define STORE_FNV_OFFSET 0xcbf29ce484222325ull
+uint64_t store_fnv1a64(uint64_t h, const uint8_t *p, size_t n);
 
 static inline void store_put_be16(uint8_t *p, uint16_t v)
 {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1261,6 +1262,145 @@ static void map_full_publish_returns_efull_and_store_stays_usable(void **state)
 	store_abort(t);
 }
 
+/* ---- State streams ----------------------------------------------------- */
+
+struct membuf {
+	uint8_t *p;
+	size_t len;
+	size_t cap;
+	size_t off;   /* read position */
+	size_t limit; /* reads stop here (a truncated stream) */
+};
+
+static int mem_write(void *arg, const void *buf, size_t len)
+{
+	struct membuf *m = arg;
+	if (m->len + len > m->cap) {
+		m->cap = (m->len + len) * 2;
+		m->p = realloc(m->p, m->cap);
+		assert_non_null(m->p);
+	}
+	memcpy(m->p + m->len, buf, len);
+	m->len += len;
+	return 0;
+}
+
+static int mem_read(void *arg, void *buf, size_t len, size_t *got)
+{
+	struct membuf *m = arg;
+	size_t end = m->limit < m->len ? m->limit : m->len;
+	size_t n = end - m->off < len ? end - m->off : len;
+	n = n > 7 ? 7 : n; /* short reads, as from a socket */
+	memcpy(buf, m->p + m->off, n);
+	m->off += n;
+	*got = n;
+	return 0;
+}
+
+static void stream_of(struct store *s, struct membuf *m, uint64_t *applied)
+{
+	memset(m, 0, sizeof *m);
+	assert_int_equal(store_stream_write(s, mem_write, m, applied), 0);
+	m->limit = SIZE_MAX;
+}
+
+static void stream_copy_replaces_store_with_identical_content(void **state)
+{
+	struct env *e = *state;
+	struct env other;
+	struct membuf m;
+	uint8_t *snap1;
+	uint8_t *snap2;
+	size_t len1;
+	size_t len2;
+	uint64_t applied = 0;
+	char dir[128];
+	struct store_options o = {.nosync = true};
+
+	populate(e->s);
+	stream_of(e->s, &m, &applied);
+	assert_int_equal(applied, 1234);
+
+	/* Built in a directory of its own, then swapped into a store that
+	 * has other content. */
+	assert_int_equal(env_open(&other, 0), 0);
+	create_queue(other.s, "stale", 0, 0);
+	snprintf(dir, sizeof dir, "%s/fetch", other.dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	applied = 0;
+	assert_int_equal(
+		store_stream_read(dir, &o, mem_read, &m, 1234, &applied), 0);
+	assert_int_equal(applied, 1234);
+	assert_int_equal(store_replace(other.s, dir), 0);
+	env_remove_dir(dir);
+
+	snapshot_of(e->s, &snap1, &len1);
+	snapshot_of(other.s, &snap2, &len2);
+	assert_int_equal(len1, len2);
+	assert_memory_equal(snap1, snap2, len1);
+	/* The replaced store takes writes. */
+	assert_true(publish1(other.s, "alpha", "hello", "prod", 3).duplicate);
+	create_queue(other.s, "gamma", 0, 0);
+	free(snap1);
+	free(snap2);
+	free(m.p);
+	env_close(&other);
+}
+
+static void stream_copy_below_wanted_index_is_refused(void **state)
+{
+	struct env *e = *state;
+	struct membuf m;
+	uint64_t applied = 0;
+	char dir[128];
+	struct store_options o = {.nosync = true};
+
+	populate(e->s); /* applied index 1234 */
+	stream_of(e->s, &m, &applied);
+	snprintf(dir, sizeof dir, "%s-fetch", e->dir);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(store_stream_read(dir, &o, mem_read, &m, 1235,
+					   &applied),
+			 RMQ_EUNAVAIL);
+	/* Refused on reading the index, long before the end. */
+	assert_true(m.off < m.len);
+	env_remove_dir(dir);
+	free(m.p);
+}
+
+static void stream_truncated_or_damaged_is_refused(void **state)
+{
+	struct env *e = *state;
+	struct membuf m;
+	uint64_t applied = 0;
+	char dir[128];
+	struct store_options o = {.nosync = true};
+
+	populate(e->s);
+	stream_of(e->s, &m, &applied);
+	snprintf(dir, sizeof dir, "%s-fetch", e->dir);
+	/* Cut anywhere, even inside the trailer. */
+	size_t cuts[] = {0, 5, m.len / 2, m.len - 9, m.len - 1};
+	for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+		assert_int_equal(mkdir(dir, 0700), 0);
+		m.off = 0;
+		m.limit = cuts[i];
+		assert_int_equal(store_stream_read(dir, &o, mem_read, &m, 0,
+						   &applied),
+				 RMQ_ECORRUPT);
+		env_remove_dir(dir);
+	}
+	/* One flipped byte in a body. */
+	m.limit = SIZE_MAX;
+	m.off = 0;
+	m.p[m.len / 2] ^= 0x5a;
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(store_stream_read(dir, &o, mem_read, &m, 0, &applied),
+			 RMQ_ECORRUPT);
+	env_remove_dir(dir);
+	free(m.p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1294,6 +1434,9 @@ int main(void)
 		T(snapshot_restore_into_second_store_gives_identical_content),
 		T(snapshot_over_max_bytes_returns_etoolarge),
 		T(restore_corrupted_buffer_returns_ecorrupt_and_changes_nothing),
+		T(stream_copy_replaces_store_with_identical_content),
+		T(stream_copy_below_wanted_index_is_refused),
+		T(stream_truncated_or_damaged_is_refused),
 		cmocka_unit_test_setup_teardown(
 			map_full_publish_returns_efull_and_store_stays_usable,
 			setup_small_map, teardown),
