@@ -2,17 +2,18 @@
  * raft_io to apply in wrappers of its methods (shard.c wraps the tick
  * callback and send).
  *
- * Bug 1, the install: a follower installing a snapshot from its leader still counts
- * down its election timer, and when it runs out (the leader died, or the
- * install takes longer than the timeout) the follower becomes a (pre-vote)
- * candidate in the middle of the install. When the snapshot write ends,
- * raft 0.15's installSnapshotCb answers the leader with an AppendEntries
- * result addressed from follower_state.current_leader, a union member that
- * now holds the candidate's fields: address 0x100 (in_pre_vote = 1) in a
- * chaos run, and raft_uv's send crashed in strlen() (SIGSEGV). A follower
- * that granted a vote meanwhile and knows no leader answers to address
- * NULL, the same crash. Upstream fixed both in v0.17.1 (commit 2a38d3d:
- * no candidacy while installing, no answer after a term change).
+ * Bug 1, the install: a follower installing a snapshot from its leader
+ * still counts down its election timer, and when it runs out (the leader
+ * died, or the install takes longer than the timeout) the follower becomes
+ * a (pre-vote) candidate in the middle of the install. When the snapshot
+ * write ends, raft 0.15's installSnapshotCb answers the leader with an
+ * AppendEntries result addressed from follower_state.current_leader, a
+ * union member that now holds the candidate's fields: address 0x100
+ * (in_pre_vote = 1) in a chaos run, and raft_uv's send crashed in strlen()
+ * (SIGSEGV). A follower that granted a vote meanwhile and knows no leader
+ * answers to address NULL, the same crash. Upstream fixed both in v0.17.1
+ * (commit 2a38d3d: no candidacy while installing, no answer after a term
+ * change).
  *
  * These functions read fields of struct raft that raft.h exposes but does
  * not document (snapshot.put); they hold for 0.15 only.
@@ -37,7 +38,7 @@ bool raft015_installing_snapshot(const struct raft *r);
  * install campaigns a moment sooner here.) */
 bool raft015_tick_allowed(const struct raft *r);
 
-/* False for the answers of the bug: an AppendEntries result that
+/* False for the answers of bug 1: an AppendEntries result that
  * sendAppendEntriesResult() addresses from follower_state while the server
  * is no follower (the id and address are then exactly that union's
  * fields: garbage), or from a follower that knows no leader (address
