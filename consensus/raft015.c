@@ -2,6 +2,7 @@
 #include "raft015.h"
 
 #include <stddef.h>
+#include <stdlib.h>
 
 bool raft015_installing_snapshot(const struct raft *r)
 {
@@ -36,4 +37,34 @@ bool raft015_send_allowed(const struct raft *r, const struct raft_message *m)
 	return r->state == RAFT_FOLLOWER ||
 	       m->server_id != r->follower_state.current_leader.id ||
 	       m->server_address != r->follower_state.current_leader.address;
+}
+
+static void own_send_cb(struct raft_io_send *req, int status)
+{
+	(void)status;
+	free(req);
+}
+
+int raft015_send(raft015_send_fn send, struct raft_io *io,
+		 struct raft_io_send *req, const struct raft_message *m,
+		 raft_io_send_cb cb)
+{
+	struct raft_io_send *own;
+	int rv;
+
+	if (m->type != RAFT_IO_TIMEOUT_NOW) {
+		return send(io, req, m, cb);
+	}
+	/* membershipLeadershipTransferStart(): @req is the transfer's own,
+	 * @cb is NULL and raft never looks at @req again. */
+	own = malloc(sizeof *own);
+	if (own == NULL) {
+		return RAFT_NOMEM;
+	}
+	own->data = NULL;
+	rv = send(io, own, m, own_send_cb);
+	if (rv != 0) {
+		free(own); /* raft_uv did not keep it */
+	}
+	return rv;
 }

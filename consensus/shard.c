@@ -202,7 +202,9 @@ static int io_start_cb(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
 }
 
 /* raft_uv's send, except for an answer raft 0.15 addresses from the wrong
- * union member (raft015.h): dropped, raft frees the request. */
+ * union member (raft015.h, bug 1): dropped, raft frees the request; and a
+ * leadership transfer's TimeoutNow goes out with a request of its own
+ * (bug 2). */
 static int io_send_cb(struct raft_io *io, struct raft_io_send *req,
 		      const struct raft_message *m, raft_io_send_cb cb)
 {
@@ -216,7 +218,7 @@ static int io_send_cb(struct raft_io *io, struct raft_io_send *req,
 			s->config.id, raft_state(&s->raft));
 		return RAFT_NOCONNECTION;
 	}
-	return s->io_send(io, req, m, cb);
+	return raft015_send(s->io_send, io, req, m, cb);
 }
 
 static void catchup_closed_cb(struct catchup *c)

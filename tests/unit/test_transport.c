@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <ftw.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "raft015.h"
 #include "raftmq_errors.h"
 #include "transport.h"
 
@@ -58,11 +60,39 @@ static void waiter_watchdog_cb(uv_timer_t *t)
 	w->expired = true;
 }
 
+static void flag_close_cb(uv_handle_t *h)
+{
+	*(bool *)h->data = true;
+}
+
 static void waiter_close_cb(uv_handle_t *h)
 {
 	struct waiter *w = h->data;
 
 	w->closed++;
+}
+
+static void run_for_cb(uv_timer_t *t)
+{
+	(void)t; /* a one-shot timer: inactive now */
+}
+
+/* Run @loop for @ms milliseconds. */
+static void run_for(uv_loop_t *loop, uint64_t ms)
+{
+	uv_timer_t t;
+	bool closed = false;
+
+	uv_timer_init(loop, &t);
+	uv_timer_start(&t, run_for_cb, ms, 0);
+	while (uv_is_active((uv_handle_t *)&t)) {
+		uv_run(loop, UV_RUN_ONCE);
+	}
+	t.data = &closed;
+	uv_close((uv_handle_t *)&t, flag_close_cb);
+	while (!closed) {
+		uv_run(loop, UV_RUN_NOWAIT);
+	}
 }
 
 /* Run @loop until @pred holds; false if WAIT_MS passes first. */
@@ -104,7 +134,8 @@ struct test_shard {
 	struct raft_io io;
 	struct raft_uv_transport transport;
 	struct raft_fsm fsm;
-	unsigned applied; /* entries the counting FSM applied */
+	raft015_send_fn send; /* raft_uv's, wrapped as shard.c does */
+	unsigned applied;     /* entries the counting FSM applied */
 	bool started;
 	bool closed;
 	char dir[256];
@@ -136,6 +167,7 @@ struct fixture {
 	unsigned next_port;
 	struct test_node nodes[N_NODES + 1]; /* + one foreign node */
 	unsigned n_nodes;
+	void *reused; /* freed after teardown */
 };
 
 static void hello_cb(void *data, uint64_t node_id, const char *peer_address,
@@ -286,6 +318,15 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	return 0;
 }
 
+/* raft_uv's send behind raft015_send(), as consensus/shard.c sends. */
+static int guarded_send(struct raft_io *io, struct raft_io_send *req,
+			const struct raft_message *m, raft_io_send_cb cb)
+{
+	struct test_shard *s = container_of(io, struct test_shard, io);
+
+	return raft015_send(s->send, io, req, m, cb);
+}
+
 /* Register shard @sid on every node and start its 3 raft instances. */
 static void shards_start(struct fixture *f, uint32_t sid, unsigned n_voters)
 {
@@ -316,6 +357,8 @@ static void shards_start(struct fixture *f, uint32_t sid, unsigned n_voters)
 		assert_int_equal(rv, 0);
 		raft_uv_set_segment_size(&s->io, 1024 * 1024);
 		raft_uv_set_connect_retry_delay(&s->io, 50);
+		s->send = s->io.send;
+		s->io.send = guarded_send;
 		s->fsm.version = 1;
 		s->fsm.data = s;
 		s->fsm.apply = fsm_apply;
@@ -494,6 +537,7 @@ static int fixture_teardown(void **state)
 	uv_run(&f->loop, UV_RUN_NOWAIT);
 	assert_int_equal(uv_loop_close(&f->loop), 0);
 	nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	free(f->reused);
 	free(f);
 	return 0;
 }
@@ -532,6 +576,71 @@ static void transport_three_nodes_two_shards_replicate(void **state)
 static void free_stream_cb(uv_handle_t *h)
 {
 	raft_free(h);
+}
+
+/* The transfer is over: its owner may reuse the struct. Overwrite it (and
+ * free it only after teardown): a raft_uv that still holds the request
+ * then calls garbage. (Freeing it at once would not do: ASan does not see
+ * libraft's reads, and the freed memory could still hold a NULL cb.) */
+static void transfer_done_cb(struct raft_transfer *req)
+{
+	struct fixture *f = req->data;
+
+	memset(req, 0xa5, sizeof *req);
+	f->reused = req;
+}
+
+static bool transfer_over(void *arg)
+{
+	return ((struct fixture *)arg)->reused != NULL;
+}
+
+/* raft 0.15 sends a leadership transfer's TimeoutNow with the request
+ * embedded in the caller's struct raft_transfer (raft015.h, bug 2). A
+ * transfer to a follower that just died: raft_uv has no connection and
+ * queues the message, the transfer times out, its owner frees the struct.
+ * raft_uv must not touch it afterwards: it would when a connect failure
+ * evicts the queue's oldest messages, or when closing cancels the queue. */
+static void transport_transfer_to_dead_follower(void **state)
+{
+	struct fixture *f = *state;
+	struct test_shard *leader;
+	struct test_shard *target = NULL;
+	struct raft_transfer *req;
+	unsigned i;
+
+	open_cluster(f, 1);
+	shard_apply_one(f, 0, 1);
+	leader = leader_of(f, 0);
+	for (i = 0; i < f->n_nodes && target == NULL; i++) {
+		if (f->nodes[i].id != leader->node->id) {
+			target = shard_of(&f->nodes[i], 0);
+		}
+	}
+	assert_non_null(target);
+
+	/* The target dies: its raft and its listener go. */
+	raft_close(&target->raft, test_raft_close_cb);
+	target->started = false;
+	assert_true(run_until(&f->loop, flag_set, &target->closed));
+	peer_net_close(target->node->net, node_net_close_cb);
+	assert_true(run_until(&f->loop, flag_set, &target->node->net_closed));
+	/* Heartbeats to it fail and raft_uv keeps reconnecting in vain;
+	 * then the next attempt waits 10 s, so that the transfer's message
+	 * stays queued past the transfer's end (and until teardown). */
+	run_for(&f->loop, 300);
+	raft_uv_set_connect_retry_delay(&leader->io, 10000);
+	run_for(&f->loop, 200);
+
+	req = malloc(sizeof *req);
+	assert_non_null(req);
+	req->data = f;
+	assert_int_equal(raft_transfer(&leader->raft, req, target->node->id,
+				       transfer_done_cb),
+			 0);
+	assert_true(run_until(&f->loop, transfer_over, f));
+	assert_int_equal(raft_state(&leader->raft), RAFT_LEADER);
+	/* Teardown closes the leader: raft_uv cancels what it queued. */
 }
 
 /* A connect request of a transport: records the outcome. */
@@ -1114,8 +1223,13 @@ int main(void)
 		cmocka_unit_test_setup_teardown(
 			transport_listen_address_in_use_fails, fixture_setup,
 			fixture_teardown),
+		cmocka_unit_test_setup_teardown(
+			transport_transfer_to_dead_follower, fixture_setup,
+			fixture_teardown),
 		cmocka_unit_test(transport_parse_address_cases),
 	};
 
+	/* As raftmqd: a write to a peer that went away fails with EPIPE. */
+	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
