@@ -19,7 +19,7 @@
  * log by the snapshot when it calls restore. So instead of failing, the
  * install waits in snapshot_put, which raft treats as slow I/O: the
  * follower ignores entries meanwhile and the leader keeps sending
- * heartbeats; raftfix_tick() keeps it a follower. Appends raft
+ * heartbeats; raft015_tick() keeps it a follower. Appends raft
  * would submit during an install are held and submitted after its put, as
  * raft_uv orders them (a safety net: a follower that installs appends
  * nothing); appends behind the put of a snapshot raft took itself go on.

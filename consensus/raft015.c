@@ -3,19 +3,26 @@
 
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 bool raft015_installing_snapshot(const struct raft *r)
 {
-	/* replicationInstallSnapshot() points put.data at its request until
-	 * installSnapshotCb(); putSnapshot() (a snapshot of our own) points it
-	 * at the raft. */
-	return r->snapshot.put.data != NULL &&
+	/* replicationInstallSnapshot() resets last_stored to 0 and points
+	 * put.data at its request until installSnapshotCb(); putSnapshot() (a
+	 * snapshot of our own) points put.data at the raft. */
+	return r->snapshot.put.data != NULL && r->last_stored == 0 &&
 	       r->snapshot.put.data != (const void *)r;
 }
 
-bool raft015_tick_allowed(const struct raft *r)
+bool raft015_tick(struct raft *r)
 {
-	return !(r->state == RAFT_FOLLOWER && raft015_installing_snapshot(r));
+	if (r->state != RAFT_FOLLOWER || !raft015_installing_snapshot(r)) {
+		return false;
+	}
+	/* Upstream's tickFollower() also draws a new random timeout; the
+	 * point is that the timer cannot expire at this tick. */
+	r->election_timer_start = r->io->time(r->io);
+	return true;
 }
 
 bool raft015_send_allowed(const struct raft *r, const struct raft_message *m)
@@ -67,4 +74,51 @@ int raft015_send(raft015_send_fn send, struct raft_io *io,
 		free(own); /* raft_uv did not keep it */
 	}
 	return rv;
+}
+
+/* Free the batches of @n entries at @e, except @keep (still used). Entries
+ * received from one message share their batch (raft_uv, raft_fixture). */
+static void free_batches(struct raft_entry *e, size_t n, const void *keep)
+{
+	const void *prev = NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (e[i].batch != prev) {
+			prev = e[i].batch;
+			if (prev != keep) {
+				raft_free(e[i].batch);
+			}
+		}
+	}
+}
+
+bool raft015_recv(struct raft *r, struct raft_message *m)
+{
+	struct raft_append_entries *a = &m->append_entries;
+	raft_index snap = r->log.snapshot.last_index;
+
+	if (m->type != RAFT_IO_APPEND_ENTRIES || a->n_entries == 0 ||
+	    a->prev_log_index >= r->log.offset) {
+		return true;
+	}
+	/* offset > 0: the log was compacted, so snap >= offset > prev. */
+	if (a->prev_log_index + a->n_entries < snap) {
+		free_batches(a->entries, a->n_entries, NULL);
+		raft_free(a->entries);
+		return false;
+	}
+	size_t skip = (size_t)(snap - a->prev_log_index);
+	a->prev_log_term = a->entries[skip - 1].term;
+	a->prev_log_index = snap;
+	if (skip == a->n_entries) {
+		free_batches(a->entries, skip, NULL);
+		raft_free(a->entries);
+		a->entries = NULL;
+		a->n_entries = 0;
+		return true;
+	}
+	free_batches(a->entries, skip, a->entries[skip].batch);
+	memmove(a->entries, a->entries + skip,
+		(a->n_entries - skip) * sizeof *a->entries);
+	a->n_entries -= (unsigned)skip;
+	return true;
 }

@@ -23,7 +23,6 @@
 #include <raft/uv.h>
 
 #include "raft015.h"
-#include "raftfix.h"
 
 #define container_of(ptr, type, member) \
 	((type *)((char *)(ptr)-offsetof(type, member)))
@@ -41,9 +40,9 @@ struct shard {
 	char *dir;          /* owned */
 	char *peer_address; /* owned */
 	struct shard_hooks hooks;
-	/* Wrapped: raft_uv's start (to see incoming messages and ticks:
-	 * raftfix.h, raft015.h), its send (raft015.h), its close (which waits
-	 * for catchup, io_close_cb) and the FSM's apply (to time it). */
+	/* Wrapped: raft_uv's start (to see incoming messages and ticks), its
+	 * send (those three for raft015.h), its close (which waits for
+	 * catchup, io_close_cb) and the FSM's apply (to time it). */
 	int (*io_start)(struct raft_io *io, unsigned msecs,
 			raft_io_tick_cb tick, raft_io_recv_cb recv);
 	raft_io_recv_cb raft_recv;
@@ -150,8 +149,8 @@ static void fatal_cb(void *arg)
 /* Every message for this shard passes here before raft sees it: note the
  * commit index the leader announces, so that a replica knows how far
  * behind it is (raft 0.15 keeps only its own commit index, which while
- * catching up trails the leader's); raftfix_recv() cuts an AppendEntries
- * that raft 0.15 would take wrongly. */
+ * catching up trails the leader's); and cut an AppendEntries that raft
+ * 0.15 would take wrongly (raft015.h, bug 3). */
 static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 {
 	struct shard *s =
@@ -165,19 +164,18 @@ static void io_recv_cb(struct raft_io *io, struct raft_message *m)
 	if (commit > s->leader_commit) {
 		s->leader_commit = commit;
 	}
-	if (raftfix_recv(&s->raft, m)) {
+	if (raft015_recv(&s->raft, m)) {
 		s->raft_recv(io, m);
 	}
 }
 
-/* Every tick of raft passes here: see raftfix_tick(). Then raft's tick,
- * except while this follower installs a snapshot: raft 0.15 would make it
- * a candidate then, and crash when the install ends (raft015.h). */
+/* Every tick of raft passes here: while this follower installs a
+ * snapshot, raft015_tick() keeps raft 0.15 from making it a candidate
+ * (which would crash it when the install ends: raft015.h, bug 1). */
 static void io_tick_cb(struct raft_io *io)
 {
 	struct shard *s = container_of(io, struct shard, io);
-	raftfix_tick(&s->raft);
-	if (!raft015_tick_allowed(&s->raft)) {
+	if (raft015_tick(&s->raft)) {
 		if (!s->tick_held) {
 			fprintf(stderr,
 				"raftmq: shard %u: installing a snapshot: no "
@@ -185,9 +183,9 @@ static void io_tick_cb(struct raft_io *io)
 				s->config.id);
 			s->tick_held = true;
 		}
-		return;
+	} else {
+		s->tick_held = false;
 	}
-	s->tick_held = false;
 	s->raft_tick(io);
 }
 

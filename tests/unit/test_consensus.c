@@ -1,8 +1,9 @@
 /* Deterministic tests of the shard FSM on canonical/raft's in-memory
  * raft_fixture: replication to every replica, leader change, idempotent
- * replay by raft index, snapshot install on a lagging follower, and the
- * guards against raft 0.15's election during a snapshot install
- * (raft015.h). */
+ * replay by raft index, snapshot install on a lagging follower (the state
+ * copied as catchup.c copies it), raft 0.15's role-change quirks, and the
+ * guards against raft 0.15's bugs (raft015.h) with shard.c's glue; then
+ * catchup.c on a stub raft_io, and shards on raft_uv and real loops. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,7 +22,6 @@
 #include "catchup.h"
 #include "fsm.h"
 #include "raft015.h"
-#include "raftfix.h"
 #include "shard.h"
 #include "store.h"
 #include "transport.h"
@@ -58,63 +58,113 @@ static void replica_close(struct replica *r)
 	assert_int_equal(system(cmd), 0);
 }
 
-/* Ticks and messages of the fixture's servers pass through raftfix, as
- * shard.c makes those of raft_uv do (setup_guarded). */
-static struct raft_fixture *guard_f;
-static raft_io_tick_cb guard_tick[N];
-static raft_io_recv_cb guard_recv[N];
-static int (*guard_start[N])(struct raft_io *io, unsigned msecs,
-			     raft_io_tick_cb tick, raft_io_recv_cb recv);
+/* ---- raft 0.15 guards (raft015.h), with shard.c's glue ---------------- */
 
-static unsigned guard_index(struct raft_io *io)
+/* What shard.c wraps around its raft_uv, here around fixture server i's io:
+ * ticks through raft015_tick() (unless tick_guard is off, to show bug 1),
+ * messages through raft015_recv(), sends through raft015_send_allowed()
+ * and raft015_send(). */
+struct guard {
+	struct raft *raft;
+	int (*start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
+		     raft_io_recv_cb recv);
+	raft015_send_fn send;
+	raft_io_tick_cb tick;
+	raft_io_recv_cb recv;
+	bool tick_guard;
+	unsigned held;            /* ticks at which the election was held */
+	unsigned dropped;         /* answers dropped */
+	const char *drop_address; /* the address the last one was going to */
+	bool campaigned_while_installing;
+};
+
+static struct guard guards[N];
+
+static struct guard *guard_of(struct raft_io *io)
 {
 	for (unsigned i = 0; i < N; i++) {
-		if (raft_fixture_get(guard_f, i)->io == io) {
-			return i;
+		if (guards[i].raft != NULL && guards[i].raft->io == io) {
+			return &guards[i];
 		}
 	}
-	fail_msg("unknown raft_io");
-	return 0;
+	fail_msg("no guard for this io");
+	return NULL;
 }
 
-static void guarded_tick(struct raft_io *io)
+static void guard_tick_cb(struct raft_io *io)
 {
-	raftfix_tick(io->data);
-	guard_tick[guard_index(io)](io);
-}
-
-static void guarded_recv(struct raft_io *io, struct raft_message *m)
-{
-	if (raftfix_recv(io->data, m)) {
-		guard_recv[guard_index(io)](io, m);
+	struct guard *g = guard_of(io);
+	if (g->tick_guard && raft015_tick(g->raft)) {
+		g->held++;
+	}
+	g->tick(io);
+	if (raft_state(g->raft) == RAFT_CANDIDATE &&
+	    raft015_installing_snapshot(g->raft)) {
+		g->campaigned_while_installing = true;
 	}
 }
 
-static int guarded_start(struct raft_io *io, unsigned msecs,
-			 raft_io_tick_cb tick, raft_io_recv_cb recv)
+static void guard_recv_cb(struct raft_io *io, struct raft_message *m)
 {
-	unsigned i = guard_index(io);
-	guard_tick[i] = tick;
-	guard_recv[i] = recv;
-	return guard_start[i](io, msecs, guarded_tick, guarded_recv);
+	struct guard *g = guard_of(io);
+	if (raft015_recv(g->raft, m)) {
+		g->recv(io, m);
+	}
 }
 
-static int setup_fixture(void **state, bool guarded)
+static int guard_start_cb(struct raft_io *io, unsigned msecs,
+			  raft_io_tick_cb tick, raft_io_recv_cb recv)
+{
+	struct guard *g = guard_of(io);
+	g->tick = tick;
+	g->recv = recv;
+	return g->start(io, msecs, guard_tick_cb, guard_recv_cb);
+}
+
+static int guard_send_cb(struct raft_io *io, struct raft_io_send *req,
+			 const struct raft_message *m, raft_io_send_cb cb)
+{
+	struct guard *g = guard_of(io);
+	if (!raft015_send_allowed(g->raft, m)) {
+		g->dropped++;
+		g->drop_address = m->server_address;
+		return RAFT_NOCONNECTION;
+	}
+	return raft015_send(g->send, io, req, m, cb);
+}
+
+enum glue {
+	GLUE_NONE,    /* the bare fixture */
+	GLUE_ALL,     /* shard.c's timeouts and every guard */
+	GLUE_NO_TICK, /* ... except raft015_tick() */
+};
+
+static int setup_fixture(void **state, enum glue glue)
 {
 	struct fix *x = calloc(1, sizeof *x);
 	struct raft_configuration conf;
+	struct shard_config sc = {.election_timeout_ms = 1000,
+				  .heartbeat_timeout_ms = 100};
 	assert_int_equal(raft_fixture_initialize(&x->f), 0);
+	memset(guards, 0, sizeof guards);
 	for (unsigned i = 0; i < N; i++) {
+		struct raft *r;
 		replica_open(&x->r[i]);
 		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1);
 		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm), 0);
-		x->r[i].fr.raft = raft_fixture_get(&x->f, i);
-		if (guarded) {
-			struct raft_io *io = raft_fixture_get(&x->f, i)->io;
-			guard_f = &x->f;
-			guard_start[i] = io->start;
-			io->start = guarded_start;
+		r = raft_fixture_get(&x->f, i);
+		x->r[i].fr.raft = r;
+		if (glue == GLUE_NONE) {
+			continue;
 		}
+		/* Before raft_start: the glue sees every tick and message. */
+		shard_tune_raft(r, &sc);
+		guards[i].raft = r;
+		guards[i].tick_guard = glue == GLUE_ALL;
+		guards[i].start = r->io->start;
+		guards[i].send = r->io->send;
+		r->io->start = guard_start_cb;
+		r->io->send = guard_send_cb;
 	}
 	assert_int_equal(raft_fixture_configuration(&x->f, N, &conf), 0);
 	assert_int_equal(raft_fixture_bootstrap(&x->f, &conf), 0);
@@ -126,12 +176,17 @@ static int setup_fixture(void **state, bool guarded)
 
 static int setup(void **state)
 {
-	return setup_fixture(state, false);
+	return setup_fixture(state, GLUE_NONE);
 }
 
-static int setup_raftfix(void **state)
+static int setup_guard_all(void **state)
 {
-	return setup_fixture(state, true);
+	return setup_fixture(state, GLUE_ALL);
+}
+
+static int setup_guard_no_tick(void **state)
+{
+	return setup_fixture(state, GLUE_NO_TICK);
 }
 
 static int teardown(void **state)
@@ -840,114 +895,7 @@ static void restore_of_descriptor_ahead_of_store_fails(void **state)
 	replica_close(&r);
 }
 
-/* ---- raft 0.15 guards (raft015.h), with shard.c's glue ---------------- */
-
-/* What shard.c wraps around its raft_uv, here around fixture server i's io:
- * raft's tick held while the server installs a snapshot (if hold_tick),
- * and the answers raft015_send_allowed() refuses dropped. */
-struct guard {
-	struct raft *raft;
-	int (*start)(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick,
-		     raft_io_recv_cb recv);
-	int (*send)(struct raft_io *io, struct raft_io_send *req,
-		    const struct raft_message *m, raft_io_send_cb cb);
-	raft_io_tick_cb tick;
-	bool hold_tick;
-	unsigned held;            /* ticks skipped */
-	unsigned dropped;         /* answers dropped */
-	const char *drop_address; /* the address the last one was going to */
-	bool campaigned_while_installing;
-};
-
-static struct guard guards[N];
-
-static struct guard *guard_of(struct raft_io *io)
-{
-	for (unsigned i = 0; i < N; i++) {
-		if (guards[i].raft != NULL && guards[i].raft->io == io) {
-			return &guards[i];
-		}
-	}
-	fail_msg("no guard for this io");
-	return NULL;
-}
-
-static void guard_tick_cb(struct raft_io *io)
-{
-	struct guard *g = guard_of(io);
-	if (g->hold_tick && !raft015_tick_allowed(g->raft)) {
-		g->held++;
-		return;
-	}
-	g->tick(io);
-	if (raft_state(g->raft) == RAFT_CANDIDATE &&
-	    raft015_installing_snapshot(g->raft)) {
-		g->campaigned_while_installing = true;
-	}
-}
-
-static int guard_start_cb(struct raft_io *io, unsigned msecs,
-			  raft_io_tick_cb tick, raft_io_recv_cb recv)
-{
-	struct guard *g = guard_of(io);
-	g->tick = tick;
-	return g->start(io, msecs, guard_tick_cb, recv);
-}
-
-static int guard_send_cb(struct raft_io *io, struct raft_io_send *req,
-			 const struct raft_message *m, raft_io_send_cb cb)
-{
-	struct guard *g = guard_of(io);
-	if (!raft015_send_allowed(g->raft, m)) {
-		g->dropped++;
-		g->drop_address = m->server_address;
-		return RAFT_NOCONNECTION;
-	}
-	return g->send(io, req, m, cb);
-}
-
-/* setup() with the glue on every server (before raft_start) and shard.c's
- * timeouts (1 s election, pre-vote on). */
-static int setup_guarded(void **state, bool hold_tick)
-{
-	struct fix *x = calloc(1, sizeof *x);
-	struct raft_configuration conf;
-	struct shard_config sc = {.election_timeout_ms = 1000,
-				  .heartbeat_timeout_ms = 100};
-	assert_int_equal(raft_fixture_initialize(&x->f), 0);
-	memset(guards, 0, sizeof guards);
-	for (unsigned i = 0; i < N; i++) {
-		struct raft *r;
-		replica_open(&x->r[i]);
-		fsm_raft_init(&x->r[i].fr, x->r[i].fsm, x->r[i].store, NULL, 1);
-		assert_int_equal(raft_fixture_grow(&x->f, &x->r[i].fr.rfsm), 0);
-		r = raft_fixture_get(&x->f, i);
-		x->r[i].fr.raft = r;
-		shard_tune_raft(r, &sc);
-		guards[i].raft = r;
-		guards[i].hold_tick = hold_tick;
-		guards[i].start = r->io->start;
-		guards[i].send = r->io->send;
-		r->io->start = guard_start_cb;
-		r->io->send = guard_send_cb;
-	}
-	assert_int_equal(raft_fixture_configuration(&x->f, N, &conf), 0);
-	assert_int_equal(raft_fixture_bootstrap(&x->f, &conf), 0);
-	raft_configuration_close(&conf);
-	assert_int_equal(raft_fixture_start(&x->f), 0);
-	*state = x;
-	return 0;
-}
-
-static int setup_guard_all(void **state)
-{
-	return setup_guarded(state, true);
-}
-
-static int setup_guard_send_only(void **state)
-{
-	return setup_guarded(state, false);
-}
+/* ---- bug 1 with the glue: an install while the leader dies --------- */
 
 static bool installing_cb(struct raft_fixture *f, void *arg)
 {
@@ -1918,10 +1866,10 @@ int main(void)
 			teardown),
 		cmocka_unit_test_setup_teardown(
 			install_in_progress_follower_stays_follower,
-			setup_raftfix, teardown),
+			setup_guard_all, teardown),
 		cmocka_unit_test_setup_teardown(
 			compacted_follower_takes_entries_sent_from_index_1,
-			setup_raftfix, teardown),
+			setup_guard_all, teardown),
 		cmocka_unit_test_setup_teardown(
 			snapshot_after_barrier_names_store_index, setup,
 			teardown),
@@ -1930,7 +1878,7 @@ int main(void)
 			setup_guard_all, teardown),
 		cmocka_unit_test_setup_teardown(
 			snapshot_install_answer_as_candidate_is_dropped,
-			setup_guard_send_only, teardown),
+			setup_guard_no_tick, teardown),
 		cmocka_unit_test_setup_teardown(
 			transfer_with_pre_vote_elects_target, setup, teardown),
 		cmocka_unit_test_setup_teardown(
