@@ -17,7 +17,12 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 t_init catchup 20100 "${1:-}"
-export RAFTMQ_EXTRA_CONFIG='[raft]\nraft_log_cache_mb = 1'
+# One data shard: with three, K may lead all of them once X is back, and
+# leader balancing then hands q's shard to X (leading two fewer) as soon
+# as X has caught up from K's log, before the consume (1 run in 4 on
+# mem2, 3 in 4 after the merge with main). One data shard over two live
+# nodes is balanced as it is.
+export RAFTMQ_EXTRA_CONFIG='[cluster]\nshards = 1\n[raft]\nraft_log_cache_mb = 1'
 
 N1=2000 N2=20000 N3=500
 t_start
@@ -51,8 +56,14 @@ t_kill "$X"
 pub C "$N3"
 t_kill "$Y"
 t_restart "$X"
-leader=$(t_wait_queue_leader q 30) || t_fail "no leader for q after restart"
-[[ $leader == "$K" ]] || t_fail "node $leader leads q, expected $K"
+# Until K wins the election, the nodes may still name the leader they
+# knew (Y, dead now): wait for K, the only node that can win.
+for ((i = 0; i < 150; i++)); do
+	leader=$(t_queue_leader q 2>/dev/null || true)
+	[[ $leader != "$K" ]] || break
+	sleep 0.2
+done
+[[ $leader == "$K" ]] || t_fail "node ${leader:-none} leads q, expected $K"
 
 rmq consume q --print --count $((N1 + N2 + N3)) --idle-timeout 10 \
 	>"$RAFTMQ_DIR/bodies" 2>"$RAFTMQ_DIR/consume.err" ||
