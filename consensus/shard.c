@@ -52,6 +52,9 @@ struct shard {
 	bool tick_held; /* the election held: a snapshot install runs */
 	void (*io_close)(struct raft_io *io, raft_io_close_cb cb);
 	raft_io_close_cb io_closed;
+	uv_check_t close_check; /* starts raft_uv's close (close_check_cb) */
+	bool uv_closed;
+	bool check_closed;
 	int (*fsm_apply)(struct raft_fsm *fsm, const struct raft_buffer *buf,
 			 void **result);
 	uint64_t leader_commit; /* highest leader_commit a leader sent us */
@@ -219,10 +222,52 @@ static int io_send_cb(struct raft_io *io, struct raft_io_send *req,
 	return raft015_send(s->io_send, io, req, m, cb);
 }
 
+/* raft_uv's close is over; so is close_check's (the shard's memory may go
+ * only once both are): raft's own close callback goes on. */
+static void maybe_io_closed(struct shard *s)
+{
+	if (s->uv_closed && s->check_closed) {
+		s->io_closed(&s->io);
+	}
+}
+
+static void uv_closed_cb(struct raft_io *io)
+{
+	struct shard *s = container_of(io, struct shard, io);
+	s->uv_closed = true;
+	maybe_io_closed(s);
+}
+
+static void close_check_closed_cb(uv_handle_t *h)
+{
+	struct shard *s = h->data;
+	s->check_closed = true;
+	maybe_io_closed(s);
+}
+
+/* raft_uv's close starts here, in the loop's check phase, never inside a
+ * close callback (catchup's ends in one). raft_uv 0.15 does not count its
+ * segment writer among what its close waits for: it relies on the
+ * writer's handles closing in the closing phase that follows its close,
+ * before the segment's finalize (threadpool) can report back, which needs
+ * a poll phase. Started from a close callback, those handles close only in
+ * the next iteration, after a poll phase: a finalize that completed there
+ * lets raft_uv report itself closed, the shard is freed, and the writer's
+ * close callback then runs raft_uv's close check on freed memory (SIGSEGV
+ * in raft's ioCloseCb at shutdown, 1 run in 20 of deploy_sd_notify under
+ * ASan). */
+static void close_check_cb(uv_check_t *h)
+{
+	struct shard *s = h->data;
+	uv_check_stop(h);
+	uv_close((uv_handle_t *)h, close_check_closed_cb);
+	s->io_close(&s->io, uv_closed_cb);
+}
+
 static void catchup_closed_cb(struct catchup *c)
 {
 	struct shard *s = container_of(c, struct shard, catchup);
-	s->io_close(&s->io, s->io_closed);
+	uv_check_start(&s->close_check, close_check_cb);
 }
 
 /* raft_close() makes raft unavailable, then closes its io: catchup
@@ -444,6 +489,8 @@ int shard_open(uv_loop_t *loop, struct peer_net *net,
 	s->io.append = append_cb;
 	s->io_close = s->io.close;
 	s->io.close = io_close_cb;
+	uv_check_init(loop, &s->close_check);
+	s->close_check.data = s;
 	shard_tune_raft(&s->raft, c);
 	/* A new replica is promoted to voter once one catch-up round takes
 	 * less than an election timeout; under a steady load the first rounds
