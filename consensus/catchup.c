@@ -304,26 +304,40 @@ static void add_peer(struct catchup *c, const struct raft_server *sv)
 	snprintf(p->address, sizeof p->address, "%s", sv->address);
 }
 
-/* Peers to ask, the node that took the snapshot first: the servers of the
- * snapshot's configuration, then any other of raft's. raft adopts the
+/* Peers to ask: the node that took the snapshot, then the leader that
+ * sent it (its store is at the snapshot or past it), then the other
+ * servers of the snapshot's configuration and of raft's. raft adopts the
  * snapshot's configuration only once the install is over: a replica that
- * joins a running cluster has none of its own until then. */
+ * joins a running cluster has none of its own until then. And the
+ * snapshot's configuration is the one at its index: after nodes were
+ * replaced faster than the shard snapshots (a shard with little traffic,
+ * such as the meta shard), it may name none that is still there, while
+ * the leader always is. */
 static void collect_peers(struct catchup *c)
 {
 	const struct raft_configuration *confs[2] = {
 		&c->put.snapshot->configuration,
 		&c->raft->configuration,
 	};
+	struct raft_server leader = {0};
+	const char *address = NULL;
+
 	c->n_peers = 0;
-	for (int pass = 0; pass < 2; pass++) {
-		for (unsigned k = 0; k < 2; k++) {
-			for (unsigned i = 0; i < confs[k]->n; i++) {
-				const struct raft_server *sv =
-					&confs[k]->servers[i];
-				if ((pass == 0) == (sv->id == c->put.source)) {
-					add_peer(c, sv);
-				}
+	for (unsigned k = 0; k < 2; k++) {
+		for (unsigned i = 0; i < confs[k]->n; i++) {
+			if (confs[k]->servers[i].id == c->put.source) {
+				add_peer(c, &confs[k]->servers[i]);
 			}
+		}
+	}
+	raft_leader(c->raft, &leader.id, &address);
+	if (leader.id != 0 && address != NULL) {
+		leader.address = (char *)address;
+		add_peer(c, &leader);
+	}
+	for (unsigned k = 0; k < 2; k++) {
+		for (unsigned i = 0; i < confs[k]->n; i++) {
+			add_peer(c, &confs[k]->servers[i]);
 		}
 	}
 }

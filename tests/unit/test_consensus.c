@@ -1498,6 +1498,7 @@ struct cl {
 	unsigned applied;
 	bool (*until)(struct cl *c);
 	uint64_t deadline;
+	unsigned snapshot_threshold; /* of nodes opened next; 0: 8 */
 };
 
 static void cl_tick_cb(uv_timer_t *t)
@@ -1523,26 +1524,28 @@ static bool cl_wait(struct cl *c, bool (*until)(struct cl *c))
 	return until(c);
 }
 
-/* Open node @i; bootstrap it with nodes 1..@n_members if it is one of
- * them (a node that is not joins empty). */
-static void cl_open_members(struct cl *c, unsigned i, unsigned n_members)
+/* Open slot @i as node @id; bootstrap it with nodes 1..@n_members if it
+ * is one of them (a node that is not joins empty). */
+static void cl_open_id(struct cl *c, unsigned i, uint64_t id,
+		       unsigned n_members)
 {
 	struct cnode *n = &c->n[i];
 	struct peer_net_config pc = {
-		.node_id = i + 1,
+		.node_id = id,
 		.cluster_id = 7,
 		.peer_address = n->addr,
 		.client_address = "127.0.0.1:1",
 	};
 	struct shard_config sc = {
 		.id = 1,
-		.node_id = i + 1,
+		.node_id = id,
 		.peer_address = n->addr,
 		.dir = n->dir,
 		.election_timeout_ms = 200,
 		.heartbeat_timeout_ms = 20,
 		.cluster_id = 7,
-		.snapshot_threshold = 8,
+		.snapshot_threshold =
+			c->snapshot_threshold ? c->snapshot_threshold : 8,
 		.snapshot_trailing = 4,
 		.map_size = 64u << 20,
 	};
@@ -1557,14 +1560,19 @@ static void cl_open_members(struct cl *c, unsigned i, unsigned n_members)
 	assert_int_equal(peer_net_listen(n->net), 0);
 	assert_int_equal(shard_open(&c->loop, n->net, &sc, &hooks, &n->shard),
 			 0);
-	if (i < n_members) {
+	if (id <= n_members) {
 		int rv = shard_bootstrap(n->shard, ids, addrs, n_members);
 		if (rv != 0 && rv != RMQ_EEXISTS) {
-			fail_msg("bootstrap node %u: %d", i + 1, rv);
+			fail_msg("bootstrap node %u: %d", (unsigned)id, rv);
 		}
 	}
 	assert_int_equal(shard_start(n->shard), 0);
 	n->closed = false;
+}
+
+static void cl_open_members(struct cl *c, unsigned i, unsigned n_members)
+{
+	cl_open_id(c, i, i + 1, n_members);
 }
 
 static void cl_open(struct cl *c, unsigned i)
@@ -1849,6 +1857,100 @@ static void uv_joining_replica_fetches_state(void **state)
 	cl_teardown(c);
 }
 
+static int cl_slot_leads;
+
+static bool cl_slot_is_leader(struct cl *c)
+{
+	return cl_leader(c) == cl_slot_leads;
+}
+
+static void cl_change(struct cl *c, int rv)
+{
+	assert_int_equal(rv, 0);
+	assert_true(cl_wait(c, cl_change_done));
+	assert_int_equal(cl_change_status, 0);
+	cl_changes = 0;
+}
+
+/* The snapshot a leader sends carries the configuration at its index.
+ * After nodes were replaced faster than the shard snapshots (the meta
+ * shard of a chaos run with the membership nemesis), it may name only
+ * nodes that are gone: a joining node must still find a peer to fetch
+ * from, the leader that sent it. Here node 3 joins behind a snapshot of
+ * {1, 2}, becomes the leader, nodes 1 and 2 leave, and node 4 joins
+ * behind that same snapshot. */
+static void
+uv_joining_replica_fetches_from_leader_past_stale_config(void **state)
+{
+	(void)state;
+	static char a[1 << 16], b[1 << 16];
+	struct cl *c = calloc(1, sizeof *c);
+	struct shard_stats st;
+	char cmd[128];
+
+	cl_setup(c);
+	cl_open_members(c, 0, 2);
+	cl_open_members(c, 1, 2);
+	cl_publish(c, 10, 1);
+	uint64_t next = 11;
+	for (unsigned k = 0; k < 40; k++) {
+		struct shard_stats d;
+		shard_stats(c->n[cl_leader(c)].shard, &d);
+		if (d.snapshots >= 2) {
+			break;
+		}
+		cl_publish(c, 8, next);
+		next += 8;
+	}
+
+	/* Node 3 joins by a fetch from 1 or 2, and takes the lead; it takes
+	 * no snapshot of its own. */
+	c->snapshot_threshold = 100000;
+	cl_open_members(c, 2, 2);
+	c->snapshot_threshold = 0;
+	cl_changes = 0;
+	struct shard *l = c->n[cl_leader(c)].shard;
+	cl_change(c, shard_add(l, 3, c->n[2].addr, cl_change_cb, NULL));
+	cl_change(c,
+		  shard_assign(l, 3, SHARD_MEMBER_VOTER, cl_change_cb, NULL));
+	cl_lag = 2;
+	assert_true(cl_wait(c, cl_lag_caught_up));
+	shard_stats(c->n[2].shard, &st);
+	assert_int_equal(st.fetches, 1);
+	assert_int_equal(shard_transfer(l, 3), 0);
+	cl_slot_leads = 2;
+	assert_true(cl_wait(c, cl_slot_is_leader));
+
+	/* Nodes 1 and 2 leave; node 3's last snapshot is still the one it
+	 * installed, whose configuration is {1, 2}. */
+	l = c->n[2].shard;
+	cl_change(c, shard_remove(l, 2, cl_change_cb, NULL));
+	cl_change(c, shard_remove(l, 1, cl_change_cb, NULL));
+	cl_close(c, 1);
+	cl_close(c, 0);
+	shard_stats(l, &st);
+	assert_int_equal(st.snapshots, 0);
+
+	/* Node 4, empty, in slot 0, at an address of its own. */
+	snprintf(cmd, sizeof cmd, "rm -rf %s/*", c->n[0].dir);
+	assert_int_equal(system(cmd), 0);
+	snprintf(c->n[0].addr, sizeof c->n[0].addr, "127.0.0.1:%d",
+		 atoi(strrchr(c->n[2].addr, ':') + 1) + 1);
+	cl_open_id(c, 0, 4, 2);
+	cl_change(c, shard_add(l, 4, c->n[0].addr, cl_change_cb, NULL));
+	cl_change(c,
+		  shard_assign(l, 4, SHARD_MEMBER_VOTER, cl_change_cb, NULL));
+	cl_lag = 0;
+	assert_true(cl_wait(c, cl_lag_caught_up));
+	shard_stats(c->n[0].shard, &st);
+	assert_int_equal(st.fetches, 1);
+	dump_store(shard_store(l), a, sizeof a);
+	dump_store(shard_store(c->n[0].shard), b, sizeof b);
+	assert_true(strlen(a) > 0);
+	assert_string_equal(a, b);
+	cl_teardown(c);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN); /* as raftmqd: peers hang up */
@@ -1893,6 +1995,8 @@ int main(void)
 		cmocka_unit_test(
 			uv_install_fetches_state_then_restart_copies_nothing),
 		cmocka_unit_test(uv_joining_replica_fetches_state),
+		cmocka_unit_test(
+			uv_joining_replica_fetches_from_leader_past_stale_config),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
