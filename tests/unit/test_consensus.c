@@ -595,19 +595,11 @@ static void demoted_spare_never_learns_standby_does(void **state)
 		    raft_last_index(leader));
 }
 
-static void snapshot_install_lagging_follower_catches_up(void **state)
+/* Replica @lag dies while leader @l takes 31 commands and compacts its
+ * log behind them (snapshots every 8 entries): @lag will need a snapshot.
+ * Returns the leader's last index. */
+static raft_index fall_behind_snapshot(struct fix *x, unsigned l, unsigned lag)
 {
-	struct fix *x = *state;
-	char a[65536], b[65536];
-	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
-	unsigned l = raft_fixture_leader_index(&x->f);
-	unsigned lag = (l + 1) % N;
-	struct raft_io *lag_io = raft_fixture_get(&x->f, lag)->io;
-	copy_fix = x;
-	copy_from = l;
-	copies = 0;
-	fixture_put = lag_io->snapshot_put;
-	lag_io->snapshot_put = copying_put;
 	for (unsigned i = 0; i < N; i++) {
 		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
 		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
@@ -621,8 +613,24 @@ static void snapshot_install_lagging_follower_catches_up(void **state)
 	raft_index idx = raft_last_index(raft_fixture_get(&x->f, l));
 	wait_applied(x, l, idx);
 	raft_fixture_step_until_elapsed(&x->f, 500);
-	/* The leader has compacted its log: the follower needs a snapshot. */
 	assert_true(raft_fixture_get(&x->f, l)->log.snapshot.last_index > 0);
+	return idx;
+}
+
+static void snapshot_install_lagging_follower_catches_up(void **state)
+{
+	struct fix *x = *state;
+	char a[65536], b[65536];
+	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
+	unsigned l = raft_fixture_leader_index(&x->f);
+	unsigned lag = (l + 1) % N;
+	struct raft_io *lag_io = raft_fixture_get(&x->f, lag)->io;
+	copy_fix = x;
+	copy_from = l;
+	copies = 0;
+	fixture_put = lag_io->snapshot_put;
+	lag_io->snapshot_put = copying_put;
+	raft_index idx = fall_behind_snapshot(x, l, lag);
 	raft_fixture_revive(&x->f, lag);
 	wait_applied(x, lag, idx);
 	dump(x, l, "q", a, sizeof a);
@@ -697,19 +705,7 @@ static void install_in_progress_follower_stays_follower(void **state)
 	lag_raft->io->snapshot_put = holding_put;
 	fixture_send = lag_raft->io->send;
 	lag_raft->io->send = checking_send;
-	for (unsigned i = 0; i < N; i++) {
-		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
-		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
-	}
-	raft_fixture_kill(&x->f, lag);
-	propose(x, make_cmd("q", true, "s", 1, 1));
-	for (unsigned k = 0; k < 30; k++) {
-		propose(x, make_cmd("q", false, "s", 1, 2 + k));
-		raft_fixture_step_n(&x->f, 5);
-	}
-	wait_applied(x, l, raft_last_index(raft_fixture_get(&x->f, l)));
-	raft_fixture_step_until_elapsed(&x->f, 500);
-	assert_true(raft_fixture_get(&x->f, l)->log.snapshot.last_index > 0);
+	fall_behind_snapshot(x, l, lag);
 	raft_fixture_revive(&x->f, lag);
 	for (unsigned k = 0; k < 1000 && held.io == NULL; k++) {
 		raft_fixture_step(&x->f);
@@ -924,19 +920,7 @@ static unsigned install_then_leader_dies(struct fix *x, unsigned *leader,
 	copies = 0;
 	fixture_put = lag_io->snapshot_put;
 	lag_io->snapshot_put = copying_put;
-	for (unsigned i = 0; i < N; i++) {
-		raft_set_snapshot_threshold(raft_fixture_get(&x->f, i), 8);
-		raft_set_snapshot_trailing(raft_fixture_get(&x->f, i), 2);
-	}
-	raft_fixture_kill(&x->f, lag);
-	propose(x, make_cmd("q", true, "s", 1, 1));
-	for (unsigned k = 0; k < 30; k++) {
-		propose(x, make_cmd("q", false, "s", 1, 2 + k));
-		raft_fixture_step_n(&x->f, 5);
-	}
-	wait_applied(x, l, raft_last_index(raft_fixture_get(&x->f, l)));
-	raft_fixture_step_until_elapsed(&x->f, 500);
-	assert_true(raft_fixture_get(&x->f, l)->log.snapshot.last_index > 0);
+	fall_behind_snapshot(x, l, lag);
 	raft_fixture_set_disk_latency(&x->f, lag, 4000);
 	raft_fixture_revive(&x->f, lag);
 	assert_true(raft_fixture_step_until(&x->f, installing_cb,
