@@ -352,16 +352,22 @@ static void leader_change_retry_is_deduplicated(void **state)
 	assert_string_equal(a, b);
 }
 
-/* A follower cut off for many election timeouts (a long GC pause, a
- * partition) comes back: the leader keeps leading, in the same term. */
-static void returning_follower_does_not_depose_leader(void **state)
+/* Every replica's raft tuned as shard.c tunes it (pre-vote on). */
+static void tune_all(struct fix *x)
 {
-	struct fix *x = *state;
 	struct shard_config sc = {.election_timeout_ms = 1000,
 				  .heartbeat_timeout_ms = 100};
 	for (unsigned i = 0; i < N; i++) {
 		shard_tune_raft(raft_fixture_get(&x->f, i), &sc);
 	}
+}
+
+/* A follower cut off for many election timeouts (a long GC pause, a
+ * partition) comes back: the leader keeps leading, in the same term. */
+static void returning_follower_does_not_depose_leader(void **state)
+{
+	struct fix *x = *state;
+	tune_all(x);
 	assert_true(raft_fixture_step_until_has_leader(&x->f, 5000));
 	unsigned l = raft_fixture_leader_index(&x->f);
 	unsigned f = (l + 1) % N;
@@ -477,15 +483,6 @@ static int copying_put(struct raft_io *io, unsigned trailing,
 {
 	copy_state(io, snapshot);
 	return fixture_put(io, trailing, req, snapshot, cb);
-}
-
-static void tune_all(struct fix *x)
-{
-	struct shard_config sc = {.election_timeout_ms = 1000,
-				  .heartbeat_timeout_ms = 100};
-	for (unsigned i = 0; i < N; i++) {
-		shard_tune_raft(raft_fixture_get(&x->f, i), &sc);
-	}
 }
 
 static void transfer_done(struct raft_transfer *req)
